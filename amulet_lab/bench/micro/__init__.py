@@ -1,0 +1,103 @@
+"""Micro-benchmarks: our building blocks against a baseline measured in the same run.
+
+Each module here defines ``run(quick: bool = False) -> MicroResult``. Figures are ratios
+against a baseline timed in the same process moments apart (machines here are shared and
+noisy: absolute times mean little). ``amulet-lab bench micro [NAME ...]`` runs them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["MicroResult", "Target", "MICRO_BENCHMARKS", "run_micro", "time_per_call"]
+
+#: name -> module; each module's ``run(quick)`` returns a MicroResult.
+MICRO_BENCHMARKS: dict[str, str] = {
+    "errors": "amulet_lab.bench.micro.errors",
+    "cache": "amulet_lab.bench.micro.cache",
+    "http": "amulet_lab.bench.micro.http",
+    "threads": "amulet_lab.bench.micro.threads",
+    "memory": "amulet_lab.bench.micro.memory",
+    "pipeline": "amulet_lab.bench.micro.pipeline",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A goal for one ratio: ``ratio <op> value`` with op ``<=`` or ``>=``."""
+
+    op: str
+    value: float
+
+    def met(self, ratio: float) -> bool:
+        """Whether ``ratio`` meets the goal."""
+        return ratio <= self.value if self.op == "<=" else ratio >= self.value
+
+
+@dataclasses.dataclass
+class MicroResult:
+    """Figures (seconds, bytes, ...) and ratios of one micro-benchmark, with their targets."""
+
+    name: str
+    figures: dict[str, float]
+    ratios: dict[str, float]
+    targets: dict[str, Target] = dataclasses.field(default_factory=dict)
+    notes: str = ""
+
+    def verdicts(self) -> dict[str, bool]:
+        """For each ratio with a target: whether it was met."""
+        return {k: t.met(self.ratios[k]) for k, t in self.targets.items() if k in self.ratios}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "name": self.name,
+            "figures": self.figures,
+            "ratios": self.ratios,
+            "targets": {k: f"{t.op} {t.value}" for k, t in self.targets.items()},
+            "met": self.verdicts(),
+            "notes": self.notes,
+        }
+
+    def to_text(self) -> str:
+        """A short plain-text table."""
+        lines = [f"== {self.name}"]
+        for key, value in self.figures.items():
+            lines.append(f"  {key:<44} {value:.6g}")
+        verdicts = self.verdicts()
+        for key, value in self.ratios.items():
+            target = self.targets.get(key)
+            mark = "" if target is None else f"  (target {target.op} {target.value}: {'met' if verdicts[key] else 'NOT met'})"
+            lines.append(f"  ratio {key:<38} {value:.3f}{mark}")
+        if self.notes:
+            lines.append(f"  note: {self.notes}")
+        return "\n".join(lines)
+
+
+def time_per_call(fn: Callable[[], Any], *, number: int, repeat: int = 5) -> float:
+    """Median seconds per call of ``fn`` over ``repeat`` rounds of ``number`` calls."""
+    rounds = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        rounds.append((time.perf_counter() - start) / number)
+    return statistics.median(rounds)
+
+
+def run_micro(names: list[str] | None = None, *, quick: bool = False) -> list[MicroResult]:
+    """Run the named micro-benchmarks (all by default) and return their results."""
+    from amulet_lab.errors import ValidationError
+
+    chosen = names or list(MICRO_BENCHMARKS)
+    unknown = [n for n in chosen if n not in MICRO_BENCHMARKS]
+    if unknown:
+        raise ValidationError(
+            f"unknown micro-benchmark(s) {unknown}; choose from {sorted(MICRO_BENCHMARKS)}", field="names", value=unknown
+        )
+    return [importlib.import_module(MICRO_BENCHMARKS[n]).run(quick=quick) for n in chosen]

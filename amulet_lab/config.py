@@ -1,0 +1,280 @@
+"""Settings: every ``AMULET_*`` variable, parsed and checked in one place.
+
+Settings are read at the edge (the CLI, the service, a notebook's first cell) and
+passed in; library code never reads ``os.environ`` itself. ``VARIABLES`` is the single
+table of truth: ``.env.example`` and the README's table are checked against it by tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from amulet_lab.errors import ValidationError
+
+__all__ = ["Settings", "Variable", "VARIABLES", "load_settings", "get_settings", "PROJECT_ROOT"]
+
+PREFIX = "AMULET_"
+#: The checkout (or install) root: ``data/`` and ``reports/`` live beside the package.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+_PLACEHOLDER_SECRETS = frozenset(
+    {"", "changeme", "change-me", "secret", "your-secret-key", "your_secret_key", "replace-me", "xxx"}
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Variable:
+    """One ``AMULET_*`` variable: its field, type, default and meaning."""
+
+    field: str
+    kind: str  # "int", "float", "bool", "str", "choice", "optional_float", "optional_str"
+    default: Any
+    doc: str
+    minimum: float | None = 0
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+
+    @property
+    def env(self) -> str:
+        """The environment variable's name."""
+        return PREFIX + self.field.upper()
+
+
+VARIABLES: tuple[Variable, ...] = (
+    # caching
+    Variable("cache_max_size", "int", 104_857_600, "Byte bound of the general TTL cache."),
+    Variable("cache_default_ttl", "float", 3600.0, "Default time to live of a cache entry, seconds."),
+    Variable("image_cache_size", "int", 500, "Entries held by the image cache."),
+    Variable("image_cache_ttl", "float", 1800.0, "Time to live of an image cache entry, seconds."),
+    # memory
+    Variable("memory_warning_threshold", "float", 0.8, "Share of system memory in use that means 'warning'.", 0, 1),
+    Variable("memory_critical_threshold", "float", 0.9, "Share of system memory in use that means 'critical'.", 0, 1),
+    Variable("memory_budget_mb", "optional_float", None, "Optional RSS budget of this process, MB (empty: none)."),
+    Variable("cache_shrink_fraction", "float", 0.5, "Fraction of its entries a cache drops under memory pressure.", 0, 1),
+    Variable("mmap_threshold", "int", 52_428_800, "Files larger than this many bytes are memory-mapped."),
+    Variable("large_image_threshold", "int", 10_485_760, "Images larger than this many bytes decode at reduced scale."),
+    # performance
+    Variable("connection_pool_size", "int", 100, "Connections held by the async HTTP pool.", 1),
+    Variable("http_timeout", "float", 10.0, "Timeout of one HTTP request of the pool, seconds."),
+    Variable("chunk_size", "int", 8192, "Bytes read at a time when streaming files.", 1),
+    Variable("thread_pool_size", "int", 4, "Workers of each named thread pool (image decoding among them).", 1),
+    Variable("torch_threads", "int", 0, "Threads torch uses for inference (0: torch's own default)."),
+    # model and inference
+    Variable("model_path", "optional_str", None, "Checkpoint to load (empty: the bundled default in data/models/)."),
+    Variable("band_reliable", "float", 0.90, "Confidence at or above which a prediction is 'reliable'.", 0, 1),
+    Variable("band_verify", "float", 0.70, "Confidence at or above which a prediction is 'verify' (below: 'retake').", 0, 1),
+    Variable("test_preprocess_delay_ms", "float", 0.0, "Test only: an artificial delay added to preprocessing, ms."),
+    # input limits
+    Variable("max_upload_bytes", "int", 20_971_520, "Largest image file accepted, bytes.", 1),
+    Variable("max_image_side", "int", 12_000, "Longest image side accepted, pixels.", 1),
+    Variable("max_image_pixels", "int", 50_000_000, "Most pixels (width x height) accepted.", 1),
+    # service
+    Variable("secret_key", "optional_str", None, "HS256 key for JWTs; required by the service unless AMULET_DEBUG=true."),
+    Variable("require_auth", "bool", False, "Whether /predict and /metrics need a bearer token."),
+    Variable("jwt_issuer", "str", "amulet-lab", "Issuer written into and required of tokens."),
+    Variable("jwt_audience", "str", "amulet-lab-api", "Audience written into and required of tokens."),
+    Variable("rate_limit_per_minute", "float", 120.0, "Requests a client may make per minute (token refill rate).", 0.001),
+    Variable("rate_limit_burst", "int", 30, "Token bucket size: requests a client may make at once.", 1),
+    Variable("trust_forwarded_for", "bool", False, "Take the client address from X-Forwarded-For (behind a proxy only)."),
+    # general
+    Variable("debug", "bool", False, "Debug mode: allows a missing secret key, more detail in logs."),
+    Variable("log_format", "choice", "text", "Log format of the amulet_lab logger: text or json.", choices=("text", "json")),
+    Variable("log_level", "choice", "INFO", "Log level of the amulet_lab logger.",
+             choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+    Variable("reports_dir", "optional_str", None, "Where reports and reports/history live (empty: reports/ in the project)."),
+)
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _parse(var: Variable, raw: str) -> Any:
+    """Turn one raw string into the variable's typed value, or raise ValidationError."""
+    text = raw.strip()
+
+    def bad(why: str) -> ValidationError:
+        return ValidationError(
+            f"{var.env}={raw!r} is invalid: {why}. Fix it in the environment or .env (see .env.example).",
+            field=var.env,
+            value=raw,
+        )
+
+    if var.kind == "bool":
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise bad("expected true or false")
+    if var.kind in ("str", "optional_str"):
+        if var.kind == "optional_str" and text == "":
+            return None
+        return text
+    if var.kind == "choice":
+        for choice in var.choices:
+            if text.lower() == choice.lower():
+                return choice
+        raise bad(f"expected one of {', '.join(var.choices)}")
+    if var.kind == "optional_float" and text == "":
+        return None
+    number: float
+    try:
+        number = int(text) if var.kind == "int" else float(text)
+    except ValueError:
+        raise bad("not a number" if var.kind != "int" else "not a whole number") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise bad("not a finite number")
+    if var.minimum is not None and number < var.minimum:
+        raise bad(f"must be >= {var.minimum}")
+    if var.maximum is not None and number > var.maximum:
+        raise bad(f"must be <= {var.maximum}")
+    return number
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Typed, validated settings; build with ``load_settings()``."""
+
+    cache_max_size: int = 104_857_600
+    cache_default_ttl: float = 3600.0
+    image_cache_size: int = 500
+    image_cache_ttl: float = 1800.0
+    memory_warning_threshold: float = 0.8
+    memory_critical_threshold: float = 0.9
+    memory_budget_mb: float | None = None
+    cache_shrink_fraction: float = 0.5
+    mmap_threshold: int = 52_428_800
+    large_image_threshold: int = 10_485_760
+    connection_pool_size: int = 100
+    http_timeout: float = 10.0
+    chunk_size: int = 8192
+    thread_pool_size: int = 4
+    torch_threads: int = 0
+    model_path: str | None = None
+    band_reliable: float = 0.90
+    band_verify: float = 0.70
+    test_preprocess_delay_ms: float = 0.0
+    max_upload_bytes: int = 20_971_520
+    max_image_side: int = 12_000
+    max_image_pixels: int = 50_000_000
+    secret_key: str | None = dataclasses.field(default=None, repr=False)
+    require_auth: bool = False
+    jwt_issuer: str = "amulet-lab"
+    jwt_audience: str = "amulet-lab-api"
+    rate_limit_per_minute: float = 120.0
+    rate_limit_burst: int = 30
+    trust_forwarded_for: bool = False
+    debug: bool = False
+    log_format: str = "text"
+    log_level: str = "INFO"
+    reports_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.memory_warning_threshold >= self.memory_critical_threshold:
+            raise ValidationError(
+                "AMULET_MEMORY_WARNING_THRESHOLD must be below AMULET_MEMORY_CRITICAL_THRESHOLD "
+                f"(got {self.memory_warning_threshold} >= {self.memory_critical_threshold}).",
+                field="AMULET_MEMORY_WARNING_THRESHOLD",
+                value=self.memory_warning_threshold,
+            )
+        if self.band_verify >= self.band_reliable:
+            raise ValidationError(
+                f"AMULET_BAND_VERIFY must be below AMULET_BAND_RELIABLE (got {self.band_verify} >= {self.band_reliable}).",
+                field="AMULET_BAND_VERIFY",
+                value=self.band_verify,
+            )
+
+    def require_secret_key(self) -> str:
+        """The JWT secret; raises ``SecurityError`` when it is missing or a placeholder (unless debug)."""
+        from amulet_lab.errors import SecurityError
+
+        key = self.secret_key or ""
+        if key.strip().lower() in _PLACEHOLDER_SECRETS or len(key) < 16:
+            if self.debug:
+                # Debug runs get a per-process key: tokens die with the process, nothing is accepted silently
+                # across restarts.
+                return _debug_secret()
+            raise SecurityError(
+                "AMULET_SECRET_KEY is missing, too short (< 16 chars) or a placeholder. Set it, e.g. "
+                "`export AMULET_SECRET_KEY=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')`, "
+                "or set AMULET_DEBUG=true for local experiments.",
+                code="E_SECRET_KEY",
+                severity="high",
+            )
+        return key
+
+    @property
+    def reports_path(self) -> Path:
+        """The reports folder (``reports_dir`` or ``reports/`` in the project)."""
+        return Path(self.reports_dir) if self.reports_dir else PROJECT_ROOT / "reports"
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+@functools.lru_cache(maxsize=1)
+def _debug_secret() -> str:
+    import secrets
+
+    return secrets.token_urlsafe(32)
+
+
+def _read_dotenv(path: Path) -> dict[str, str]:
+    """Parse a minimal ``.env`` file: KEY=VALUE lines, # comments, optional quotes."""
+    values: dict[str, str] = {}
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export "):]
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise ValidationError(f"{path}:{lineno}: expected KEY=VALUE, got {line!r}", field=str(path), value=line)
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        else:
+            value = value.split(" #", 1)[0].strip()
+        values[key.strip()] = value
+    return values
+
+
+def load_settings(environ: Mapping[str, str] | None = None, *, dotenv: str | Path | None = ".env") -> Settings:
+    """Read ``AMULET_*`` variables from ``environ`` (default ``os.environ``) over an optional ``.env`` file."""
+    env = dict(os.environ if environ is None else environ)
+    merged: dict[str, str] = {}
+    if dotenv is not None and Path(dotenv).is_file():
+        merged.update({k: v for k, v in _read_dotenv(Path(dotenv)).items() if k.startswith(PREFIX)})
+    merged.update({k: v for k, v in env.items() if k.startswith(PREFIX)})
+    known = {var.env: var for var in VARIABLES}
+    values: dict[str, Any] = {}
+    for name, raw in merged.items():
+        var = known.get(name)
+        if var is None:
+            continue  # unknown AMULET_* names are tolerated (other tools may share the prefix)
+        values[var.field] = _parse(var, raw)
+    return Settings(**values)
+
+
+_cached: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The process's settings, loaded once on first use."""
+    global _cached
+    if _cached is None:
+        _cached = load_settings()
+    return _cached
+
+
+def _reset_settings_cache(settings: Settings | None = None) -> None:
+    """Forget (or replace) the cached settings; for tests and notebooks that change the environment."""
+    global _cached
+    _cached = settings
+

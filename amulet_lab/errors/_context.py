@@ -1,0 +1,67 @@
+"""``error_context``: log a failure once, with its operation, context and duration; never swallow."""
+
+from __future__ import annotations
+
+import logging
+import time
+from types import TracebackType
+from typing import Any
+
+from amulet_lab.errors._exceptions import AmuletError
+
+__all__ = ["error_context"]
+
+log = logging.getLogger("amulet_lab.errors")
+
+_LOGGED = "_amulet_logged"
+
+
+class error_context:  # noqa: N801 - the design's public name, used like a function
+    """Context manager (sync and async) that logs a failure once with operation and context, then re-raises."""
+
+    def __init__(self, operation: str, **context: Any) -> None:
+        self.operation = operation
+        self.context = context
+        self._started = 0.0
+
+    def __enter__(self) -> error_context:
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        if exc is not None and isinstance(exc, Exception):
+            self._record(exc)
+        return False  # never swallow
+
+    async def __aenter__(self) -> error_context:
+        return self.__enter__()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        return self.__exit__(exc_type, exc, tb)
+
+    def _record(self, exc: Exception) -> None:
+        elapsed = time.perf_counter() - self._started
+        if isinstance(exc, AmuletError):
+            exc.context.setdefault("operation", self.operation)
+            for key, value in self.context.items():
+                exc.context.setdefault(key, value)
+        # Nested contexts see the same exception: only the innermost (first) one logs it.
+        if getattr(exc, _LOGGED, False):
+            return
+        try:
+            setattr(exc, _LOGGED, True)
+        except AttributeError:
+            log.debug("cannot mark %r as logged", exc)
+        code = exc.code if isinstance(exc, AmuletError) else type(exc).__name__
+        log.error(
+            "%s failed after %.3fs: %s: %s",
+            self.operation,
+            elapsed,
+            code,
+            exc,
+            extra={"operation": self.operation, "context": self.context, "duration_s": round(elapsed, 6), "code": code},
+        )
