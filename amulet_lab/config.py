@@ -278,3 +278,27 @@ def _reset_settings_cache(settings: Settings | None = None) -> None:
     global _cached
     _cached = settings
 
+
+
+def render_env_example(table: tuple[Variable, ...] = VARIABLES) -> str:
+    """The text of ``.env.example``: every variable with its default and meaning."""
+    lines = [
+        "# amulet-lab settings. Copy to .env and edit; real environment variables win over .env.",
+        "# Generated from amulet_lab.config.VARIABLES (python -m amulet_lab.config > .env.example).",
+        "",
+    ]
+    for var in table:
+        default = var.default
+        if isinstance(default, bool):
+            text = "true" if default else "false"
+        elif default is None:
+            text = ""
+        else:
+            text = str(default)
+        lines.append(f"# {var.doc}")
+        lines.append(f"{var.env}={text}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(render_env_example(), end="")

@@ -1,0 +1,122 @@
+"""Settings: defaults, environment and .env, validation, secret key, no dead variables."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from amulet_lab.config import (
+    PROJECT_ROOT,
+    VARIABLES,
+    Settings,
+    get_settings,
+    load_settings,
+    render_env_example,
+)
+from amulet_lab.errors import SecurityError, ValidationError
+
+
+def test_defaults_match_the_design():
+    s = load_settings({}, dotenv=None)
+    assert (s.cache_max_size, s.cache_default_ttl, s.image_cache_size, s.image_cache_ttl) == (104857600, 3600, 500, 1800)
+    assert (s.memory_warning_threshold, s.memory_critical_threshold) == (0.8, 0.9)
+    assert (s.mmap_threshold, s.large_image_threshold) == (52428800, 10485760)
+    assert (s.connection_pool_size, s.chunk_size, s.thread_pool_size) == (100, 8192, 4)
+    assert s.debug is False and s.secret_key is None and s.log_format == "text"
+
+
+def test_table_and_dataclass_agree():
+    import dataclasses
+
+    assert [v.field for v in VARIABLES] == [f.name for f in dataclasses.fields(Settings)]
+    defaults = Settings()
+    for var in VARIABLES:
+        assert getattr(defaults, var.field) == var.default, var.env
+
+
+def test_environment_wins_over_dotenv(tmp_path):
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("# comment\nAMULET_CACHE_DEFAULT_TTL=10\nexport AMULET_THREAD_POOL_SIZE=2\nAMULET_LOG_FORMAT='json'\n")
+    s = load_settings({"AMULET_CACHE_DEFAULT_TTL": "20", "OTHER": "x"}, dotenv=dotenv)
+    assert s.cache_default_ttl == 20 and s.thread_pool_size == 2 and s.log_format == "json"
+
+
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("AMULET_CACHE_MAX_SIZE", "lots"),
+        ("AMULET_CACHE_MAX_SIZE", "-1"),
+        ("AMULET_IMAGE_CACHE_TTL", "nan"),
+        ("AMULET_MEMORY_WARNING_THRESHOLD", "1.5"),
+        ("AMULET_DEBUG", "maybe"),
+        ("AMULET_LOG_FORMAT", "xml"),
+        ("AMULET_THREAD_POOL_SIZE", "0"),
+    ],
+)
+def test_bad_values_name_the_variable_and_value(name, value):
+    with pytest.raises(ValidationError) as info:
+        load_settings({name: value}, dotenv=None)
+    assert info.value.field == name
+    assert name in str(info.value) and value in str(info.value)
+
+
+def test_warning_must_be_below_critical():
+    with pytest.raises(ValidationError) as info:
+        load_settings({"AMULET_MEMORY_WARNING_THRESHOLD": "0.9", "AMULET_MEMORY_CRITICAL_THRESHOLD": "0.9"}, dotenv=None)
+    assert "AMULET_MEMORY_WARNING_THRESHOLD" in str(info.value)
+
+
+@pytest.mark.parametrize("key", [None, "", "changeme", "short"])
+def test_missing_or_placeholder_secret_is_an_error_unless_debug(key):
+    env = {} if key is None else {"AMULET_SECRET_KEY": key}
+    with pytest.raises(SecurityError) as info:
+        load_settings(env, dotenv=None).require_secret_key()
+    assert info.value.code == "E_SECRET_KEY"
+    debug = load_settings({**env, "AMULET_DEBUG": "true"}, dotenv=None)
+    assert len(debug.require_secret_key()) >= 32
+    good = "k" * 40
+    assert load_settings({"AMULET_SECRET_KEY": good}, dotenv=None).require_secret_key() == good
+
+
+def test_secret_key_is_not_in_repr():
+    assert "hunter2" not in repr(load_settings({"AMULET_SECRET_KEY": "hunter2-hunter2-hunter2"}, dotenv=None))
+
+
+def test_get_settings_is_cached(monkeypatch):
+    monkeypatch.setenv("AMULET_THREAD_POOL_SIZE", "3")
+    first = get_settings()
+    monkeypatch.setenv("AMULET_THREAD_POOL_SIZE", "5")
+    assert get_settings() is first and first.thread_pool_size == 3
+
+
+def test_env_example_is_in_step():
+    assert (PROJECT_ROOT / ".env.example").read_text() == render_env_example(), (
+        "regenerate with: python -m amulet_lab.config > .env.example"
+    )
+
+
+def test_readme_documents_every_variable():
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    missing = [v.env for v in VARIABLES if f"`{v.env}`" not in readme]
+    assert not missing, f"README's settings table lacks {missing}"
+
+
+def test_no_variable_is_dead():
+    """Every setting is read by code outside config.py (settings.<field> or s.<field>)."""
+    sources = [
+        p.read_text()
+        for p in (PROJECT_ROOT / "amulet_lab").rglob("*.py")
+        if p.name != "config.py"
+    ]
+    text = "\n".join(sources)
+    # Two are read through Settings helpers: require_secret_key() and reports_path.
+    through = {"secret_key": "require_secret_key()", "reports_dir": ".reports_path"}
+
+    def is_read(var):
+        if var.field in through:
+            return through[var.field] in text
+        return re.search(rf"\.{var.field}\b", text) is not None
+
+    dead = [v.env for v in VARIABLES if not is_read(v)]
+    assert not dead, f"variables nobody reads: {dead}"
