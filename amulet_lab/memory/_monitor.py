@@ -1,0 +1,374 @@
+"""Memory usage, pressure levels, responders that act when pressure rises, and garbage collection."""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import ctypes.util
+import dataclasses
+import gc
+import html
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import psutil
+
+from amulet_lab.errors import ValidationError
+from amulet_lab.memory._sampling import MB, current_process
+
+__all__ = [
+    "MemoryUsage",
+    "MemoryMonitor",
+    "GCManager",
+    "LEVELS",
+    "shrink_caches_responder",
+    "gc_responder",
+    "image_cache_responder",
+]
+
+logger = logging.getLogger("amulet_lab.memory")
+
+#: Pressure levels, lowest first; a responder runs when the level moves to a later one.
+LEVELS = ("normal", "warning", "critical")
+_RANK = {name: rank for rank, name in enumerate(LEVELS)}
+
+#: A responder: called with the new level and the pressure check that raised it.
+Responder = Callable[[str, dict[str, Any]], Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryUsage:
+    """One reading: this process's RSS and share of memory, the system's memory, and the peak RSS seen."""
+
+    rss_mb: float
+    percent: float  # this process's RSS / system total, a fraction 0..1
+    system_available_mb: float
+    system_total_mb: float
+    system_percent_used: float  # (total - available) / total, a fraction 0..1 (not 0..100)
+    peak_rss_mb: float
+
+    def to_dict(self) -> dict[str, float]:
+        """Plain dict, rounded for reports."""
+        return {k: round(v, 4) for k, v in dataclasses.asdict(self).items()}
+
+
+def _libc_malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim`` (returns freed heap pages to the OS), or None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    libc = ctypes.CDLL(name)
+    return getattr(libc, "malloc_trim", None)
+
+
+class GCManager:
+    """Runs the garbage collector generation by generation and reports what it freed."""
+
+    def __init__(self, *, process: Any = None, trim: bool = True, timer: Callable[[], float] = time.perf_counter):
+        self._process = process
+        self._trim = trim
+        self._timer = timer
+        self._lock = threading.Lock()
+        self._trim_fn: Callable[[int], int] | None | bool = False  # False: not looked up yet
+        self.runs = 0
+        self.total_collected = 0
+        self.total_freed_mb = 0.0
+        self.last: dict[str, Any] | None = None
+
+    def _rss_mb(self) -> float:
+        return (self._process or current_process()).memory_info().rss / MB
+
+    def perform_cleanup(self) -> dict[str, Any]:
+        """Collect generations 0, 1, 2 (and trim the C heap on glibc); report objects collected and RSS freed."""
+        with self._lock:  # two cleanups at once would only race for the same garbage
+            start = self._timer()
+            before = self._rss_mb()
+            collected = {f"gen{g}": gc.collect(g) for g in range(3)}
+            trimmed = False
+            if self._trim:
+                if self._trim_fn is False:
+                    self._trim_fn = _libc_malloc_trim()
+                if self._trim_fn:
+                    # pymalloc and glibc keep freed pages for reuse; malloc_trim hands them back so RSS
+                    # actually falls (which is what pressure is measured on).
+                    trimmed = bool(self._trim_fn(0))  # type: ignore[operator]
+            after = self._rss_mb()
+            report = {
+                "collected": collected,
+                "collected_total": sum(collected.values()),
+                "uncollectable": len(gc.garbage),
+                "rss_before_mb": round(before, 2),
+                "rss_after_mb": round(after, 2),
+                "freed_mb": round(before - after, 2),
+                "heap_trimmed": trimmed,
+                "duration_s": round(self._timer() - start, 6),
+            }
+            self.runs += 1
+            self.total_collected += report["collected_total"]
+            self.total_freed_mb += max(0.0, before - after)
+            self.last = report
+        logger.debug("gc cleanup: %s", report)
+        return report
+
+    def stats(self) -> dict[str, Any]:
+        """Runs so far, objects collected, MB freed, and the last report."""
+        return {"runs": self.runs, "total_collected": self.total_collected,
+                "total_freed_mb": round(self.total_freed_mb, 2), "last": self.last}
+
+    def __repr__(self) -> str:
+        return f"GCManager(runs={self.runs}, total_collected={self.total_collected})"
+
+
+def gc_responder(level: str, check: dict[str, Any], *, manager: GCManager | None = None) -> dict[str, Any]:
+    """Built-in responder: a full garbage collection (``GCManager.perform_cleanup``)."""
+    from amulet_lab.memory import gc_manager
+
+    return (manager or gc_manager).perform_cleanup()
+
+
+def shrink_caches_responder(caches: Iterable[Any], fraction: float | None = None, *, settings: Any = None) -> Responder:
+    """A responder calling ``.shrink(fraction)`` on each cache (default fraction: AMULET_CACHE_SHRINK_FRACTION)."""
+    caches = list(caches)
+    for cache in caches:
+        if not callable(getattr(cache, "shrink", None)):
+            raise ValidationError(f"{type(cache).__name__} has no shrink(fraction) method", field="caches",
+                                  value=type(cache).__name__, code="E_NOT_SHRINKABLE")
+    if fraction is None:
+        if settings is None:
+            from amulet_lab.config import get_settings
+
+            settings = get_settings()
+        fraction = settings.cache_shrink_fraction
+    if not 0 <= fraction <= 1:
+        raise ValidationError("fraction must be within 0..1", field="fraction", value=fraction, code="E_FRACTION")
+
+    def shrink_caches(level: str, check: dict[str, Any]) -> dict[str, int]:
+        return {f"{type(c).__name__}#{i}": int(c.shrink(fraction)) for i, c in enumerate(caches)}
+
+    shrink_caches.__qualname__ = f"shrink_caches_responder({len(caches)} caches, {fraction})"
+    return shrink_caches
+
+
+def image_cache_responder(level: str, check: dict[str, Any], *, settings: Any = None) -> dict[str, int]:
+    """Built-in responder of the process monitor: shrinks the process image cache if one is in use."""
+    if "amulet_lab.cache" not in sys.modules:
+        return {}  # nothing imported the cache module: there is no cache to shrink
+    from amulet_lab.cache import get_image_cache
+
+    return shrink_caches_responder([get_image_cache()], settings=settings)(level, check)
+
+
+class MemoryMonitor:
+    """Watches this process and the system, classifies memory pressure, and runs responders when it rises.
+
+    Basis of the level: ``score = max(system_used_fraction, process_budget_fraction)`` where
+    ``system_used_fraction = (total - available) / total`` of the machine, and
+    ``process_budget_fraction = RSS / AMULET_MEMORY_BUDGET_MB`` (only when a budget is set). The level is
+    ``critical`` when score >= AMULET_MEMORY_CRITICAL_THRESHOLD, ``warning`` when >= AMULET_MEMORY_WARNING_THRESHOLD,
+    else ``normal``. Responders run only when the level rises (normal->warning, warning->critical,
+    normal->critical); a fall is recorded in the history but runs nothing. Periodic checks run only after
+    ``start()``.
+    """
+
+    def __init__(
+        self,
+        settings: Any = None,
+        *,
+        process: Any = None,
+        virtual_memory: Callable[[], Any] = psutil.virtual_memory,
+        builtin_responders: bool = True,
+        history: int = 200,
+        timer: Callable[[], float] = time.time,
+    ) -> None:
+        if settings is None:
+            from amulet_lab.config import get_settings
+
+            settings = get_settings()
+        self.settings = settings
+        self._process = process
+        self._virtual_memory = virtual_memory
+        self._timer = timer
+        self._lock = threading.RLock()
+        self._responders: list[Responder] = []
+        self._level = "normal"
+        self._peak_rss_mb = 0.0
+        self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=history)
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.interval_s: float | None = None
+        self.checks = 0
+        self.loop_errors = 0
+        if builtin_responders:
+            self._responders.append(gc_responder)
+
+    # -- readings -------------------------------------------------------------------------------------
+    def get_current_usage(self) -> MemoryUsage:
+        """This process's RSS and share, the system's available/total/used share, and the peak RSS seen."""
+        rss_mb = (self._process or current_process()).memory_info().rss / MB
+        vm = self._virtual_memory()
+        total_mb = vm.total / MB
+        available_mb = vm.available / MB
+        with self._lock:
+            self._peak_rss_mb = max(self._peak_rss_mb, rss_mb)
+            peak = self._peak_rss_mb
+        return MemoryUsage(
+            rss_mb=rss_mb,
+            percent=rss_mb / total_mb if total_mb else 0.0,
+            system_available_mb=available_mb,
+            system_total_mb=total_mb,
+            system_percent_used=(total_mb - available_mb) / total_mb if total_mb else 0.0,
+            peak_rss_mb=peak,
+        )
+
+    @property
+    def level(self) -> str:
+        """The level found by the last check."""
+        return self._level
+
+    def check_memory_pressure(self) -> dict[str, Any]:
+        """Classify pressure now (see the class docstring for the basis); runs responders if the level rose."""
+        usage = self.get_current_usage()
+        s = self.settings
+        budget = s.memory_budget_mb
+        budget_fraction = usage.rss_mb / budget if budget else None
+        score = max(usage.system_percent_used, budget_fraction or 0.0)
+        if score >= s.memory_critical_threshold:
+            level = "critical"
+        elif score >= s.memory_warning_threshold:
+            level = "warning"
+        else:
+            level = "normal"
+        check = {
+            "level": level,
+            "should_gc": level != "normal",
+            "basis": "max(system_used_fraction, rss/budget)" if budget else "system_used_fraction",
+            "score": round(score, 4),
+            "system_used_fraction": round(usage.system_percent_used, 4),
+            "process_budget_fraction": None if budget_fraction is None else round(budget_fraction, 4),
+            "rss_mb": round(usage.rss_mb, 2),
+            "budget_mb": budget,
+            "warning_threshold": s.memory_warning_threshold,
+            "critical_threshold": s.memory_critical_threshold,
+        }
+        with self._lock:
+            self.checks += 1
+            previous, self._level = self._level, level
+            if level == previous:
+                return check
+            event = {"time": self._timer(), "from": previous, "to": level, "score": check["score"],
+                     "rss_mb": check["rss_mb"], "responses": {}, "errors": {}}
+            if _RANK[level] > _RANK[previous]:
+                responders = list(self._responders)
+                logger.warning("memory pressure rose %s -> %s (score %.3f, basis %s)",
+                               previous, level, score, check["basis"])
+            else:
+                responders = []
+                logger.info("memory pressure fell %s -> %s (score %.3f)", previous, level, score)
+            self.events.append(event)
+        for fn in responders:
+            name = getattr(fn, "__qualname__", repr(fn))
+            try:
+                event["responses"][name] = fn(level, check)
+            except Exception as exc:  # one failing responder must not stop the others; it is logged and kept
+                logger.exception("memory responder %s failed", name)
+                event["errors"][name] = f"{type(exc).__name__}: {exc}"
+        return check
+
+    # -- responders -----------------------------------------------------------------------------------
+    def register_responder(self, fn: Responder) -> Responder:
+        """Run ``fn(level, check)`` whenever the level rises; returns ``fn`` (usable as a decorator)."""
+        if not callable(fn):
+            raise ValidationError("a responder must be callable", field="fn", value=fn, code="E_RESPONDER")
+        with self._lock:
+            if fn not in self._responders:
+                self._responders.append(fn)
+        return fn
+
+    def unregister_responder(self, fn: Responder) -> bool:
+        """Remove ``fn``; returns whether it was registered."""
+        with self._lock:
+            if fn in self._responders:
+                self._responders.remove(fn)
+                return True
+            return False
+
+    @property
+    def responders(self) -> list[Responder]:
+        """The registered responders, in the order they run."""
+        with self._lock:
+            return list(self._responders)
+
+    # -- periodic monitoring --------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        """Whether the periodic monitoring thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self, interval_s: float = 5.0) -> MemoryMonitor:
+        """Check pressure every ``interval_s`` seconds in a daemon thread until ``stop()``; no-op if running."""
+        if not interval_s > 0:
+            raise ValidationError("interval_s must be > 0", field="interval_s", value=interval_s, code="E_INTERVAL")
+        with self._lock:
+            if self.running:
+                return self
+            self.interval_s = float(interval_s)
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, args=(self.interval_s,),
+                                            name="amulet-memory-monitor", daemon=True)
+            self._thread.start()
+        return self
+
+    def _loop(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            try:
+                self.check_memory_pressure()
+            except Exception:  # a failed reading must not kill monitoring; it is logged and counted
+                self.loop_errors += 1
+                logger.exception("memory pressure check failed")
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        """Stop periodic monitoring and wait for the thread to end."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        self._thread = None
+
+    # -- reports --------------------------------------------------------------------------------------
+    def get_stats(self) -> dict[str, Any]:
+        """For the health report: current usage, a pressure check, the history of level changes."""
+        check = self.check_memory_pressure()
+        return {
+            "current": self.get_current_usage().to_dict(),
+            "pressure_check": check,
+            "events": list(self.events),
+            "monitoring": self.running,
+            "interval_s": self.interval_s,
+            "checks": self.checks,
+            "responders": [getattr(fn, "__qualname__", repr(fn)) for fn in self.responders],
+        }
+
+    def __repr__(self) -> str:
+        return f"MemoryMonitor(level={self._level!r}, peak_rss_mb={self._peak_rss_mb:.1f}, running={self.running})"
+
+    def _repr_html_(self) -> str:
+        usage = self.get_current_usage()
+        rows = [
+            ("level", self._level),
+            ("process RSS", f"{usage.rss_mb:.1f} MB ({usage.percent:.2%} of RAM)"),
+            ("peak RSS seen", f"{usage.peak_rss_mb:.1f} MB"),
+            ("system in use", f"{usage.system_percent_used:.1%} of {usage.system_total_mb / 1024:.1f} GB"),
+            ("budget", "none" if not self.settings.memory_budget_mb else f"{self.settings.memory_budget_mb} MB"),
+            ("monitoring", f"every {self.interval_s}s" if self.running else "off"),
+            ("pressure events", str(len(self.events))),
+        ]
+        body = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
+                       for k, v in rows)
+        return f"<table><caption>MemoryMonitor</caption>{body}</table>"
+
