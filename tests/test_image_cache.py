@@ -1,0 +1,126 @@
+"""ImageCache: content keys (same bytes, two names: one key), transform ids, streaming, bounds, lazy global."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import numpy as np
+import pytest
+
+import amulet_lab.cache as cache_module
+from amulet_lab.cache import ImageCache, get_image_cache
+from amulet_lab.errors import ValidationError
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def jpeg(color=(200, 30, 30)) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), color).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def test_same_photo_under_two_names_hits_and_a_new_transform_misses(settings, tmp_path):
+    cache = ImageCache(settings=settings)
+    data = jpeg()
+    (tmp_path / "a.jpg").write_bytes(data)
+    (tmp_path / "copy of a.jpg").write_bytes(data)
+    key_a = cache.key_for(tmp_path / "a.jpg", "size224")
+    key_b = cache.key_for(str(tmp_path / "copy of a.jpg"), "size224")
+    assert key_a == key_b == cache.key_for(data, "size224")
+    assert key_a.startswith(hashlib.blake2b(data, digest_size=16).hexdigest())
+    cache.put(key_a, np.ones((3, 4), dtype=np.float32))
+    assert cache.get_image(key_b) is not None
+    assert cache.get_image(cache.key_for(data, "size128")) is None
+    assert cache.key_for(jpeg((0, 0, 255)), "size224") != key_a
+    s = cache.get_stats()
+    assert (s["hits"], s["misses"], s["hit_rate"], s["size"], s["total_size_bytes"]) == (1, 1, 0.5, 1, 48)
+
+
+def test_paths_are_streamed_in_chunks(settings, tmp_path, monkeypatch):
+    cache = ImageCache(settings=settings.replace(chunk_size=1000))
+    big = bytes(range(256)) * 40  # 10240 bytes
+    path = tmp_path / "big.bin"
+    path.write_bytes(big)
+    reads = []
+    real_open = type(path).open
+
+    def spy_open(self, *args, **kwargs):
+        fh = real_open(self, *args, **kwargs)
+        real_readinto = fh.readinto
+
+        class Spy:
+            def __enter__(self_inner):
+                return self_inner
+
+            def __exit__(self_inner, *exc):
+                fh.close()
+
+            def readinto(self_inner, buffer):
+                n = real_readinto(buffer)
+                reads.append(n)
+                return n
+
+        return Spy()
+
+    monkeypatch.setattr(type(path), "open", spy_open)
+    assert cache.key_for(path) == hashlib.blake2b(big, digest_size=16).hexdigest()
+    assert max(reads) <= 1000 and sum(reads) == len(big)  # whole file once, never more than a chunk at a time
+
+
+def test_cache_image_returns_the_content_key(settings):
+    cache = ImageCache(settings=settings)
+    data = jpeg()
+    key = cache.cache_image(data, "user_image.jpg")
+    assert key == cache.key_for(data) and cache.get_image(key) == data and key in cache
+    with pytest.raises(ValidationError):
+        cache.cache_image(b"", "empty.jpg")
+    with pytest.raises(ValidationError):
+        cache.key_for(12345)
+    with pytest.raises(ValidationError) as err:
+        cache.key_for("/no/such/file.jpg")
+    assert err.value.code == "E_FILE_NOT_FOUND"
+
+
+def test_bounds_from_settings_and_ttl(settings):
+    clock = Clock()
+    cache = ImageCache(settings=settings.replace(image_cache_size=3, image_cache_ttl=10.0), timer=clock)
+    for i in range(5):
+        cache.put(f"k{i}", b"x")
+    assert len(cache) == 3 and cache.get_stats()["evictions"]["lru"] == 2
+    clock.now += 10
+    assert cache.get_image("k4") is None and len(cache) == 0
+
+
+def test_shrink_and_get_or_compute(settings):
+    cache = ImageCache(max_items=10, ttl=60, settings=settings)
+    for i in range(10):
+        cache.put(f"k{i}", b"x")
+    assert cache.shrink(0.3) == 3 and "k0" not in cache and "k3" in cache
+    calls = []
+    assert cache.get_or_compute("new", lambda: calls.append(1) or "v") == "v"
+    assert cache.get_or_compute("new", lambda: calls.append(1) or "v") == "v"
+    assert len(calls) == 1
+    assert "ImageCache" in repr(cache) and "<table>" in cache._repr_html_()
+
+
+def test_module_instance_is_lazy_and_shared(settings):
+    cache_module._reset_image_cache()
+    try:
+        assert cache_module._image_cache is None  # nothing built at import
+        first = get_image_cache(settings.replace(image_cache_size=7))
+        assert cache_module.image_cache is first and get_image_cache() is first
+        assert first.get_stats()["max_size"] == 7
+        with pytest.raises(AttributeError):
+            cache_module.no_such_thing  # noqa: B018
+    finally:
+        cache_module._reset_image_cache()
