@@ -34,6 +34,19 @@ def _fresh_settings_cache():
     _reset_settings_cache()
 
 
+@pytest.fixture(autouse=True)
+def _restore_amulet_logger():
+    """CLI tests configure the amulet_lab logger; put it back so later tests see the library default."""
+    import logging
+
+    logger = logging.getLogger("amulet_lab")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = propagate
+
+
 @pytest.fixture
 def shared_dataset() -> Path:
     """The real amulet6 photos beside the checkout; the test skips where they are absent."""

@@ -24,6 +24,7 @@ MICRO_BENCHMARKS: dict[str, str] = {
     "threads": "amulet_lab.bench.micro.threads",
     "memory": "amulet_lab.bench.micro.memory",
     "pipeline": "amulet_lab.bench.micro.pipeline",
+    "validation": "amulet_lab.bench.micro.validation",
 }
 
 

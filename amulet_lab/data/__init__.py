@@ -1,0 +1,28 @@
+"""Datasets of amulet photos: labels, image-folder loading and splits, and the synthetic stand-in generator.
+
+``import amulet_lab.data`` is light: Pillow and numpy load only when images are rendered.
+"""
+
+from __future__ import annotations
+
+from amulet_lab.config import PROJECT_ROOT
+from amulet_lab.data.dataset import DatasetSplits, Sample, fingerprint, load_dataset, stratified_kfold
+from amulet_lab.data.labels import DEFAULT_LABELS_PATH, Label, load_labels
+from amulet_lab.data.synth import synthesize, synthesize_unknowns
+
+__all__ = [
+    "Label",
+    "load_labels",
+    "Sample",
+    "DatasetSplits",
+    "load_dataset",
+    "stratified_kfold",
+    "fingerprint",
+    "synthesize",
+    "synthesize_unknowns",
+    "SAMPLES_DIR",
+    "DEFAULT_LABELS_PATH",
+]
+
+#: The small committed sample of synthetic photos (class folders, ``groups.json``, ``_unknown/``).
+SAMPLES_DIR = PROJECT_ROOT / "data" / "samples"

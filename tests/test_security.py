@@ -1,0 +1,350 @@
+"""validate_image refuses hostile or broken input with its own code at every step; file names are made safe."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+import subprocess
+import sys
+import zipfile
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from amulet_lab.errors import SecurityError, ValidationError
+from amulet_lab.security import ValidatedImage, generated_name, safe_filename, sniff_format, validate_image
+
+
+def _encode(image: Image.Image, fmt: str, **params) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **params)
+    return buffer.getvalue()
+
+
+def _photo(width: int = 60, height: int = 40) -> Image.Image:
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), "RGB")
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG signature and a well-formed IHDR (correct CRC) claiming a size, with no pixel data at all."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IEND", b"")
+
+
+def _refusal(data, settings, **kwargs):
+    with pytest.raises((ValidationError, SecurityError)) as info:
+        validate_image(data, settings=settings, **kwargs)
+    return info.value
+
+
+# ------------------------------------------------------------------------------------------ accepted inputs
+
+def test_jpeg_bytes_path_and_file_object_agree(tmp_path, settings):
+    data = _encode(_photo(), "JPEG", quality=90)
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(data)
+    results = [validate_image(data, settings=settings), validate_image(path, settings=settings),
+               validate_image(str(path), settings=settings), validate_image(io.BytesIO(data), settings=settings)]
+    for result in results:
+        assert isinstance(result, ValidatedImage)
+        assert (result.format, result.width, result.height, result.nbytes) == ("JPEG", 60, 40, len(data))
+        assert result.sha256 == hashlib.sha256(data).hexdigest()
+        assert result.image.mode == "RGB" and result.image.size == (60, 40)
+    assert np.array_equal(np.asarray(results[0].image), np.asarray(results[1].image))
+    assert "JPEG 60x40" in repr(results[0])
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+def test_png_and_webp_are_accepted(settings, fmt):
+    result = validate_image(_encode(_photo(), fmt, **({"lossless": True} if fmt == "WEBP" else {})), settings=settings)
+    assert result.format == fmt and result.image.size == (60, 40)
+    assert np.array_equal(np.asarray(result.image), np.asarray(_photo()))
+
+
+def test_heic_is_accepted(settings):
+    pillow_heif = pytest.importorskip("pillow_heif")
+    buffer = io.BytesIO()
+    pillow_heif.from_pillow(_photo(64, 48)).save(buffer, quality=90)
+    result = validate_image(buffer.getvalue(), filename="IMG_0001.HEIC", settings=settings)
+    assert result.format == "HEIF" and (result.width, result.height) == (64, 48)
+    assert result.image.mode == "RGB"
+
+
+def test_the_name_is_not_trusted_content_decides(tmp_path, settings):
+    path = tmp_path / "actually_a_png.jpg"
+    path.write_bytes(_encode(_photo(), "PNG"))
+    assert validate_image(path, settings=settings).format == "PNG"
+
+
+def test_cmyk_jpeg_becomes_rgb(settings):
+    red = Image.new("CMYK", (32, 32), (0, 255, 255, 0))
+    result = validate_image(_encode(red, "JPEG", quality=95), settings=settings)
+    r, g, b = result.image.getpixel((16, 16))
+    assert result.image.mode == "RGB" and r > 200 and g < 60 and b < 60
+
+
+def test_palette_png_with_transparency_is_composited_on_white(settings):
+    image = Image.new("P", (10, 10), 1)
+    image.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    for x in range(5):
+        for y in range(10):
+            image.putpixel((x, y), 0)
+    result = validate_image(_encode(image, "PNG", transparency=0), settings=settings)
+    assert result.image.getpixel((1, 1)) == (255, 255, 255)  # transparent index: white, not black
+    assert result.image.getpixel((8, 8)) == (255, 0, 0)
+
+
+def test_rgba_and_la_are_composited_on_white(settings):
+    rgba = Image.new("RGBA", (4, 4), (0, 0, 255, 0))
+    rgba.putpixel((0, 0), (0, 0, 255, 255))
+    out = validate_image(_encode(rgba, "PNG"), settings=settings).image
+    assert out.getpixel((3, 3)) == (255, 255, 255) and out.getpixel((0, 0)) == (0, 0, 255)
+    la = Image.new("LA", (4, 4), (0, 128))
+    grey = validate_image(_encode(la, "PNG"), settings=settings).image.getpixel((0, 0))
+    assert grey[0] == grey[1] == grey[2] and 120 <= grey[0] <= 135
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped(settings):
+    values = np.array([[0, 256, 32768, 65535]], dtype=np.uint16)
+    image = Image.fromarray(values)
+    data = _encode(image, "PNG")
+    assert Image.open(io.BytesIO(data)).mode.startswith("I")
+    out = np.asarray(validate_image(data, settings=settings).image)
+    assert out[0, :, 0].tolist() == [0, 1, 128, 255]
+
+
+def test_exif_rotated_jpeg_comes_out_upright(settings):
+    # Stored sideways: 40 wide, 20 high, left half red; orientation 6 means "turn 90 degrees clockwise to view".
+    stored = Image.new("RGB", (40, 20), (0, 0, 255))
+    stored.paste((255, 0, 0), (0, 0, 20, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    result = validate_image(_encode(stored, "JPEG", quality=95, exif=exif.tobytes()), settings=settings)
+    assert (result.width, result.height) == (20, 40)
+    top, bottom = result.image.getpixel((10, 5)), result.image.getpixel((10, 35))
+    assert top[0] > 200 and top[2] < 60  # the left (red) half is now on top
+    assert bottom[2] > 200 and bottom[0] < 60
+
+
+def test_multi_picture_jpeg_from_a_phone_is_accepted(settings):
+    # Phones write MPO: a JPEG followed by more JPEGs. The trailer is images, not a foreign file.
+    first, second = Image.new("RGB", (64, 48), (200, 10, 10)), Image.new("RGB", (64, 48), (10, 10, 200))
+    data = _encode(first, "MPO", save_all=True, append_images=[second])
+    result = validate_image(data, settings=settings)
+    assert result.format == "JPEG" and result.image.getpixel((5, 5))[0] > 180
+
+
+def test_trailing_bytes_without_another_file_are_tolerated(settings):
+    data = _encode(_photo(), "JPEG") + b"\x00" * 16 + b"SEFHtrailer"
+    assert validate_image(data, settings=settings).format == "JPEG"
+
+
+# ------------------------------------------------------------------------------------------ refusals
+
+def test_text_file_named_jpg(tmp_path, settings):
+    path = tmp_path / "holiday.jpg"
+    path.write_text("just some text, not an image\n")
+    error = _refusal(path, settings)
+    assert isinstance(error, ValidationError) and error.code == "E_IMAGE_SIGNATURE"
+    assert error.context["value"] == "holiday.jpg"
+
+
+@pytest.mark.parametrize("kind", ["bytes", "path", "file"])
+def test_zero_bytes(tmp_path, settings, kind):
+    path = tmp_path / "empty.jpg"
+    path.write_bytes(b"")
+    data = {"bytes": b"", "path": path, "file": io.BytesIO(b"")}[kind]
+    assert _refusal(data, settings).code == "E_IMAGE_EMPTY"
+
+
+def test_jpeg_with_a_zip_appended_is_a_polyglot(settings):
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("payload.txt", "hidden")
+    error = _refusal(_encode(_photo(), "JPEG") + archive.getvalue(), settings)
+    assert isinstance(error, SecurityError) and error.code == "E_IMAGE_POLYGLOT"
+    assert error.severity == "high"
+
+
+def test_png_with_html_appended_is_a_polyglot(settings):
+    error = _refusal(_encode(_photo(), "PNG") + b"<html><body>hi</body></html>", settings)
+    assert isinstance(error, SecurityError) and error.code == "E_IMAGE_POLYGLOT"
+
+
+def test_jpeg_with_script_in_its_comment_is_a_polyglot(settings):
+    data = _encode(_photo(), "JPEG", comment=b"*/=1;<SCRIPT>alert(1)</script>/*")
+    assert Image.open(io.BytesIO(data)).info.get("comment")  # the comment really is inside the image
+    assert _refusal(data, settings).code == "E_IMAGE_POLYGLOT"
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_truncated_image(settings, fmt):
+    data = _encode(_photo(200, 150), fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    error = _refusal(data[: len(data) // 2], settings)
+    assert isinstance(error, ValidationError) and error.code == "E_IMAGE_TRUNCATED"
+
+
+def test_truncated_webp(settings):
+    data = _encode(_photo(200, 150), "WEBP")
+    assert _refusal(data[: len(data) // 2], settings).code == "E_IMAGE_TRUNCATED"
+
+
+def test_png_header_claiming_20000_by_20000_is_a_bomb(settings):
+    data = _png_header_only(20000, 20000)
+    assert len(data) < 100
+    error = _refusal(data, settings)
+    assert isinstance(error, SecurityError) and error.code == "E_IMAGE_BOMB"
+
+
+def test_pixel_limit_is_stricter_than_pillows(settings):
+    # 8000 x 7000 = 56 M pixels: under Pillow's own error threshold, over ours (50 M); refused before decoding.
+    error = _refusal(_png_header_only(8000, 7000), settings)
+    assert error.code == "E_IMAGE_BOMB" and error.context["width"] == 8000
+    small = settings.replace(max_image_pixels=1000)
+    assert _refusal(_encode(_photo(40, 40), "PNG"), small).code == "E_IMAGE_BOMB"
+
+
+def test_side_limit(settings):
+    assert _refusal(_png_header_only(13000, 10), settings).code == "E_IMAGE_DIMENSIONS"
+    narrow = settings.replace(max_image_side=50)
+    assert _refusal(_encode(_photo(60, 40), "PNG"), narrow).code == "E_IMAGE_DIMENSIONS"
+
+
+def test_byte_cap_on_a_path_is_checked_with_stat(tmp_path, settings):
+    huge = tmp_path / "huge.jpg"
+    with huge.open("wb") as handle:  # sparse: 50 GB claimed, nothing written; reading it would take minutes
+        handle.truncate(50 * 1024**3)
+    error = _refusal(huge, settings)
+    assert error.code == "E_IMAGE_TOO_LARGE" and error.context["nbytes"] == 50 * 1024**3
+
+
+def test_byte_cap_on_a_file_object_reads_at_most_cap_plus_one(settings):
+    class Endless(io.RawIOBase):
+        def __init__(self):
+            self.asked: list[int] = []
+
+        def read(self, size=-1):
+            self.asked.append(size)
+            return b"\xff" * (size if size >= 0 else 10**9)
+
+    stream = Endless()
+    small = settings.replace(max_upload_bytes=1000)
+    assert _refusal(stream, small).code == "E_IMAGE_TOO_LARGE"
+    assert stream.asked == [1001]
+    data = _encode(_photo(), "JPEG")
+    assert _refusal(data, settings.replace(max_upload_bytes=len(data) - 1)).code == "E_IMAGE_TOO_LARGE"
+    assert validate_image(data, settings=settings.replace(max_upload_bytes=len(data))).nbytes == len(data)
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "BMP", "TIFF"])
+def test_formats_outside_the_allow_list(settings, fmt):
+    assert _refusal(_encode(_photo(), fmt), settings).code == "E_IMAGE_SIGNATURE"
+
+
+def test_fake_webp_and_avif_brands_are_refused(settings):
+    wave = b"RIFF" + struct.pack("<I", 100) + b"WAVEfmt " + b"\x00" * 92
+    assert _refusal(wave, settings).code == "E_IMAGE_SIGNATURE"
+    avif = struct.pack(">I", 24) + b"ftypavif" + b"\x00\x00\x00\x00" + b"mif1miaf"
+    assert sniff_format(avif) is None
+    heic = struct.pack(">I", 24) + b"ftypheic" + b"\x00\x00\x00\x00" + b"mif1heic"
+    assert sniff_format(heic) == "HEIF"
+
+
+def test_magic_bytes_then_garbage_do_not_decode(settings):
+    error = _refusal(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4, settings)
+    assert error.code in ("E_IMAGE_DECODE", "E_IMAGE_TRUNCATED")
+    broken_png = _png_header_only(10, 10)[:-12] + _png_chunk(b"IDAT", b"not zlib data") + _png_chunk(b"IEND", b"")
+    assert _refusal(broken_png, settings).code == "E_IMAGE_DECODE"
+
+
+def test_missing_path_directory_and_wrong_type(tmp_path, settings):
+    assert _refusal(tmp_path / "absent.jpg", settings).code == "E_IMAGE_NOT_FOUND"
+    assert _refusal(tmp_path, settings).code == "E_IMAGE_NOT_FOUND"
+    assert _refusal(12345, settings).code == "E_IMAGE_INPUT"
+    assert _refusal(io.StringIO("text"), settings).code == "E_IMAGE_INPUT"
+
+
+def test_refusal_context_holds_a_safe_filename(settings):
+    error = _refusal(b"hello", settings, filename="../../etc/\x00passwd.jpg")
+    assert error.context["value"] == "passwd.jpg"
+    assert error.to_dict()["code"] == "E_IMAGE_SIGNATURE"
+
+
+def test_settings_default_to_the_process_settings(monkeypatch):
+    monkeypatch.setenv("AMULET_MAX_UPLOAD_BYTES", "10")
+    with pytest.raises(ValidationError) as info:
+        validate_image(_encode(_photo(), "JPEG"))
+    assert info.value.code == "E_IMAGE_TOO_LARGE"
+
+
+# ------------------------------------------------------------------------------------------ names
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("../../etc/passwd", "passwd"),
+        ("C:\\Users\\me\\Evil.JPG", "Evil.jpg"),
+        ("a\x00b\x1f.jpg", "ab.jpg"),
+        ("พระสีวลี หน้า.jpg", "พระสีวลี_หน้า.jpg"),
+        (".htaccess", "htaccess"),
+        ("..", "file"),
+        ("", "file"),
+        ("photo\u202egpj.exe", "photogpj.exe"),
+        ("CON.txt", "_CON.txt"),
+        ("my photo (1).HEIC", "my_photo_1.heic"),
+        ("-rf .jpg", "rf.jpg"),
+        ("archive.tar.gz", "archive.tar.gz"),
+        ("x.<script>", "x._script"),
+    ],
+)
+def test_safe_filename(name, expected):
+    assert safe_filename(name) == expected
+
+
+def test_safe_filename_limits_length_in_bytes_and_keeps_the_suffix():
+    assert len(safe_filename("x" * 500 + ".jpeg").encode()) == 120
+    assert safe_filename("x" * 500 + ".jpeg").endswith(".jpeg")
+    thai = safe_filename("ก" * 200 + ".png")
+    assert len(thai.encode()) <= 120 and thai.endswith(".png") and thai.startswith("ก")
+    with pytest.raises(ValidationError):
+        safe_filename(b"bytes.jpg")  # type: ignore[arg-type]
+
+
+def test_generated_name():
+    first, second = generated_name(".JPG"), generated_name("jpg")
+    assert first != second and first.endswith(".jpg") and len(first) == 36
+    assert len(generated_name()) == 32 and "." not in generated_name()
+    for bad in ("../x", ".jp g", ".toolongsuffix", "a/b"):
+        with pytest.raises(ValidationError):
+            generated_name(bad)
+
+
+def test_import_is_light():
+    code = "import sys, amulet_lab.security; print(sorted(m for m in ('PIL', 'numpy', 'torch') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_validation_micro_benchmark_quick_shape():
+    from amulet_lab.bench.micro import MicroResult, run_micro
+
+    (result,) = run_micro(["validation"], quick=True)
+    assert isinstance(result, MicroResult) and result.name == "validation"
+    assert set(result.ratios) == {"validate_vs_bare_decode", "bomb_refusal_vs_decode"} == set(result.targets)
+    assert all(value > 0 for value in (*result.figures.values(), *result.ratios.values()))
+
+
+def test_truncated_heic(settings):
+    pillow_heif = pytest.importorskip("pillow_heif")
+    buffer = io.BytesIO()
+    pillow_heif.from_pillow(_photo(64, 48)).save(buffer, quality=90)
+    data = buffer.getvalue()
+    assert _refusal(data[: len(data) // 2], settings).code == "E_IMAGE_TRUNCATED"
