@@ -47,20 +47,20 @@ class Variable:
 
 VARIABLES: tuple[Variable, ...] = (
     # caching
-    Variable("cache_max_size", "int", 104_857_600, "Byte bound of the general TTL cache."),
-    Variable("cache_default_ttl", "float", 3600.0, "Default time to live of a cache entry, seconds."),
-    Variable("image_cache_size", "int", 500, "Entries held by the image cache."),
-    Variable("image_cache_ttl", "float", 1800.0, "Time to live of an image cache entry, seconds."),
+    Variable("cache_max_size", "int", 104_857_600, "Byte bound of the general TTL cache and of the image cache.", 1),
+    Variable("cache_default_ttl", "float", 3600.0, "Default time to live of a cache entry, seconds.", 0.001),
+    Variable("image_cache_size", "int", 500, "Entries held by the image cache.", 1),
+    Variable("image_cache_ttl", "float", 1800.0, "Time to live of an image cache entry, seconds.", 0.001),
     # memory
     Variable("memory_warning_threshold", "float", 0.8, "Share of system memory in use that means 'warning'.", 0, 1),
     Variable("memory_critical_threshold", "float", 0.9, "Share of system memory in use that means 'critical'.", 0, 1),
-    Variable("memory_budget_mb", "optional_float", None, "Optional RSS budget of this process, MB (empty: none)."),
+    Variable("memory_budget_mb", "optional_float", None, "Optional RSS budget of this process, MB (empty: none).", 1),
     Variable("cache_shrink_fraction", "float", 0.5, "Fraction of its entries a cache drops under memory pressure.", 0, 1),
-    Variable("mmap_threshold", "int", 52_428_800, "Files larger than this many bytes are memory-mapped."),
-    Variable("large_image_threshold", "int", 10_485_760, "Images larger than this many bytes decode at reduced scale."),
+    Variable("mmap_threshold", "int", 52_428_800, "Files larger than this many bytes are memory-mapped.", 1),
+    Variable("large_image_threshold", "int", 10_485_760, "Images larger than this many bytes decode at reduced scale.", 1),
     # performance
     Variable("connection_pool_size", "int", 100, "Connections held by the async HTTP pool.", 1),
-    Variable("http_timeout", "float", 10.0, "Timeout of one HTTP request of the pool, seconds."),
+    Variable("http_timeout", "float", 10.0, "Timeout of one HTTP request of the pool, seconds.", 0.001),
     Variable("chunk_size", "int", 8192, "Bytes read at a time when streaming files.", 1),
     Variable("thread_pool_size", "int", 4, "Workers of each named thread pool (image decoding among them).", 1),
     Variable("torch_threads", "int", 0, "Threads torch uses for inference (0: torch's own default)."),
@@ -126,13 +126,36 @@ def _parse(var: Variable, raw: str) -> Any:
         number = int(text) if var.kind == "int" else float(text)
     except ValueError:
         raise bad("not a number" if var.kind != "int" else "not a whole number") from None
-    if number != number or number in (float("inf"), float("-inf")):
-        raise bad("not a finite number")
-    if var.minimum is not None and number < var.minimum:
-        raise bad(f"must be >= {var.minimum}")
-    if var.maximum is not None and number > var.maximum:
-        raise bad(f"must be <= {var.maximum}")
+    _check(var, number, raw)
     return number
+
+
+def _check(var: Variable, value: Any, raw: Any = None) -> None:
+    """Raise ``ValidationError`` naming the variable unless ``value`` is in its range or choices."""
+    shown = value if raw is None else raw
+
+    def bad(why: str) -> ValidationError:
+        return ValidationError(
+            f"{var.env}={shown!r} is invalid: {why}. Fix it in the environment or .env (see .env.example).",
+            field=var.env,
+            value=shown,
+        )
+
+    if value is None:
+        if not var.kind.startswith("optional"):
+            raise bad("a value is required")
+        return
+    if var.kind == "choice" and value not in var.choices:
+        raise bad(f"expected one of {', '.join(var.choices)}")
+    if var.kind in ("int", "float", "optional_float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("not a number")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise bad("not a finite number")
+        if var.minimum is not None and value < var.minimum:
+            raise bad(f"must be >= {var.minimum}")
+        if var.maximum is not None and value > var.maximum:
+            raise bad(f"must be <= {var.maximum}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,6 +197,8 @@ class Settings:
     reports_dir: str | None = None
 
     def __post_init__(self) -> None:
+        for var in VARIABLES:  # also guards Settings(...) and replace(), not only load_settings()
+            _check(var, getattr(self, var.field))
         if self.memory_warning_threshold >= self.memory_critical_threshold:
             raise ValidationError(
                 "AMULET_MEMORY_WARNING_THRESHOLD must be below AMULET_MEMORY_CRITICAL_THRESHOLD "

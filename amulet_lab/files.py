@@ -6,13 +6,27 @@ An interrupted run leaves either the old file or the new one, never half of eith
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_writer", "atomic_append_line"]
+from amulet_lab.errors import ValidationError
+
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_writer", "atomic_append_line", "hash_stream",
+           "existing_file"]
+
+
+def _target_mode(target: Path) -> int:
+    """The mode the written file should have: the old file's, else 0o666 less the umask (like ``open``)."""
+    try:
+        return target.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)  # reading the umask means setting it; put it straight back
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 @contextlib.contextmanager
@@ -22,6 +36,8 @@ def atomic_writer(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        # mkstemp makes the file private (0600) and os.replace keeps that; give it a normal file's mode.
+        os.fchmod(fd, _target_mode(target))
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
             yield handle
             handle.flush()
@@ -56,3 +72,49 @@ def atomic_append_line(path: str | Path, line: str) -> Path:
     if old and not old.endswith(b"\n"):
         old += b"\n"
     return atomic_write_bytes(target, old + line.rstrip("\n").encode("utf-8") + b"\n")
+
+
+def existing_file(path: str | os.PathLike[str], *, field: str = "path") -> Path:
+    """``path`` as a Path when it is a regular file, else a ``ValidationError`` (``E_FILE_NOT_FOUND``)."""
+    found = Path(path)
+    if not found.is_file():
+        raise ValidationError(f"no such file: {found}", field=field, value=str(found), code="E_FILE_NOT_FOUND")
+    return found
+
+
+def hash_stream(
+    source: bytes | bytearray | memoryview | str | os.PathLike[str] | IO[bytes],
+    *,
+    algo: str = "blake2b",
+    digest_size: int | None = 16,
+    chunk_size: int = 1 << 16,
+) -> str:
+    """Hex digest of bytes, a file path or a binary file object, files streamed in ``chunk_size`` chunks.
+
+    BLAKE2b by default: in the standard library, faster than SHA-256 on 64-bit CPUs, and a 16-byte digest is
+    ample for content keys. Files are read into one reused buffer, never whole.
+    """
+    if algo == "blake2b":
+        digest = hashlib.blake2b(digest_size=digest_size or 64)
+    elif algo in hashlib.algorithms_available:
+        digest = hashlib.new(algo)
+    else:
+        raise ValidationError(f"unknown hash algorithm {algo!r}", field="algo", value=algo, code="E_HASH_ALGO")
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        digest.update(source)
+        return digest.hexdigest()
+    if chunk_size < 1:
+        raise ValidationError("chunk_size must be >= 1", field="chunk_size", value=chunk_size)
+    buffer = bytearray(chunk_size)
+    view = memoryview(buffer)
+    with contextlib.ExitStack() as stack:
+        if hasattr(source, "readinto"):
+            handle = source
+        elif isinstance(source, (str, os.PathLike)):
+            handle = stack.enter_context(open(existing_file(source), "rb"))
+        else:
+            raise ValidationError(f"expected bytes, a path or a binary file, got {type(source).__name__}",
+                                  field="source", value=type(source).__name__)
+        while n := handle.readinto(buffer):  # type: ignore[union-attr]
+            digest.update(view[:n])
+    return digest.hexdigest()

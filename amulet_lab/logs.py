@@ -17,6 +17,7 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, and any ``extra=`` fields."""
 
     def format(self, record: logging.LogRecord) -> str:
+        """The record as one JSON line."""
         payload: dict[str, Any] = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
             "level": record.levelname,
@@ -33,6 +34,13 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(fmt: str = "text", level: str = "INFO", stream: TextIO | None = None) -> logging.Logger:
     """Give the ``amulet_lab`` logger one handler (text or json); calling again replaces it. Never touches root."""
+    from amulet_lab.errors import ValidationError
+
+    if fmt not in ("text", "json"):
+        raise ValidationError(f"log format must be text or json, got {fmt!r}", field="fmt", value=fmt)
+    if str(level).upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValidationError(f"unknown log level {level!r}", field="level", value=level)
+    level = str(level).upper()
     logger = logging.getLogger("amulet_lab")
     for handler in list(logger.handlers):
         if getattr(handler, _HANDLER_FLAG, False):

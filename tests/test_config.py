@@ -120,3 +120,18 @@ def test_no_variable_is_dead():
 
     dead = [v.env for v in VARIABLES if not is_read(v)]
     assert not dead, f"variables nobody reads: {dead}"
+
+
+@pytest.mark.parametrize("name", ["AMULET_CACHE_DEFAULT_TTL", "AMULET_IMAGE_CACHE_SIZE", "AMULET_CACHE_MAX_SIZE",
+                                  "AMULET_HTTP_TIMEOUT", "AMULET_MEMORY_BUDGET_MB"])
+def test_zero_is_refused_where_it_makes_no_sense(name):
+    with pytest.raises(ValidationError) as info:
+        load_settings({name: "0"}, dotenv=None)
+    assert info.value.field == name
+
+
+def test_replace_validates_again():
+    with pytest.raises(ValidationError) as info:
+        Settings().replace(cache_max_size=-5)
+    assert info.value.field == "AMULET_CACHE_MAX_SIZE"
+    assert Settings().replace(thread_pool_size=2).thread_pool_size == 2

@@ -315,3 +315,17 @@ def test_error_context_async_and_success_is_silent(caplog):
         asyncio.run(run())
     ops = [r.operation for r in caplog.records if r.name == "amulet_lab.errors"]
     assert ops == ["broken"]
+
+
+def test_late_outcome_of_an_old_call_cannot_close_a_half_open_circuit():
+    clock = Clock()
+    breaker = CircuitBreaker(failure_threshold=1, timeout=10, timer=clock)
+    slow_epoch = breaker._before()  # a slow call admitted while closed
+    with pytest.raises(NetworkError):
+        breaker.call(fail)  # another call fails: open
+    clock.now += 10
+    probe_epoch = breaker._before()  # a probe is admitted (half-open)
+    breaker._after(None, slow_epoch)  # the slow call finally succeeds
+    assert breaker.state == "half_open"  # it must not close the circuit for the probe
+    breaker._after(None, probe_epoch)
+    assert breaker.state == "closed"

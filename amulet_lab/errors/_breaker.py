@@ -75,6 +75,9 @@ class CircuitBreaker:
         self._opened_at = 0.0
         self._probes_started = 0
         self._probes_ok = 0
+        # Bumped on every state change: an outcome of a call admitted under an older state (a slow call that
+        # was already running when the circuit opened) is counted but cannot move the new state.
+        self._epoch = 0
         self._calls = self._failures = self._successes = self._rejected = self._ignored = 0
         self.transitions: deque[dict[str, Any]] = deque(maxlen=max_transitions)
 
@@ -91,6 +94,7 @@ class CircuitBreaker:
         self.transitions.append({"from": self._state, "to": new, "at": time.time(), "reason": reason})
         log.info("circuit %s: %s -> %s (%s)", self.name, self._state, new, reason)
         self._state = new
+        self._epoch += 1
         if new == OPEN:
             self._opened_at = now
         if new == HALF_OPEN:
@@ -99,12 +103,12 @@ class CircuitBreaker:
             self._consecutive = 0
             self._outcomes.clear()
 
-    def _before(self) -> None:
-        """Admit a call or raise ``CircuitOpenError``."""
+    def _before(self) -> int:
+        """Admit a call (returning the state's epoch) or raise ``CircuitOpenError``."""
         with self._lock:
             self._calls += 1
             if self._state == CLOSED:
-                return
+                return self._epoch
             now = self._timer()
             if self._state == OPEN:
                 waited = now - self._opened_at
@@ -124,20 +128,24 @@ class CircuitBreaker:
                     retry_after_s=0.0,
                 )
             self._probes_started += 1
+            return self._epoch
 
-    def _after(self, exc: BaseException | None) -> None:
-        """Record the outcome of an admitted call."""
+    def _after(self, exc: BaseException | None, epoch: int) -> None:
+        """Record the outcome of a call admitted at ``epoch``."""
         failed = exc is not None and isinstance(exc, self.count) and not isinstance(exc, self.exclude)
         with self._lock:
+            stale = epoch != self._epoch
             if exc is not None and not failed:
                 # Not the dependency's fault (e.g. the caller's ValidationError): neither success nor failure.
                 self._ignored += 1
-                if self._state == HALF_OPEN:
+                if self._state == HALF_OPEN and not stale:
                     self._probes_started -= 1
                 return
             now = self._timer()
             if not failed:
                 self._successes += 1
+                if stale:
+                    return
                 if self._state == HALF_OPEN:
                     self._probes_ok += 1
                     if self._probes_ok >= self.half_open_probes:
@@ -148,11 +156,11 @@ class CircuitBreaker:
                     self._outcomes.append(False)
                 return
             self._failures += 1
+            if stale:
+                return
             if self._state == HALF_OPEN:
                 self._move(OPEN, now, f"probe failed: {type(exc).__name__}")
                 return
-            if self._state == OPEN:
-                return  # a call admitted before another thread opened the circuit
             self._consecutive += 1
             if self._consecutive >= self.failure_threshold:
                 self._move(OPEN, now, f"{self._consecutive} consecutive failures")
@@ -168,24 +176,24 @@ class CircuitBreaker:
     # ---- shells ------------------------------------------------------------------------
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Call ``fn`` through the breaker."""
-        self._before()
+        epoch = self._before()
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            self._after(exc)
+            self._after(exc, epoch)
             raise
-        self._after(None)
+        self._after(None, epoch)
         return result
 
     async def acall(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Await ``fn(*args, **kwargs)`` through the breaker."""
-        self._before()
+        epoch = self._before()
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
-            self._after(exc)
+            self._after(exc, epoch)
             raise
-        self._after(None)
+        self._after(None, epoch)
         return result
 
     def __call__(self, fn: F) -> F:

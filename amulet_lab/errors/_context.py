@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 from types import TracebackType
@@ -22,17 +23,24 @@ class error_context:  # noqa: N801 - the design's public name, used like a funct
     def __init__(self, operation: str, **context: Any) -> None:
         self.operation = operation
         self.context = context
-        self._started = 0.0
+        # Per thread / per task start times, so one instance shared by concurrent callers keeps durations apart.
+        self._started: contextvars.ContextVar[list[float]] = contextvars.ContextVar(f"error_context_{id(self)}")
 
     def __enter__(self) -> error_context:
-        self._started = time.perf_counter()
+        starts = self._started.get(None)
+        if starts is None:
+            starts = []
+            self._started.set(starts)
+        starts.append(time.perf_counter())
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool:
+        starts = self._started.get(None)
+        started = starts.pop() if starts else time.perf_counter()
         if exc is not None and isinstance(exc, Exception):
-            self._record(exc)
+            self._record(exc, time.perf_counter() - started)
         return False  # never swallow
 
     async def __aenter__(self) -> error_context:
@@ -43,8 +51,7 @@ class error_context:  # noqa: N801 - the design's public name, used like a funct
     ) -> bool:
         return self.__exit__(exc_type, exc, tb)
 
-    def _record(self, exc: Exception) -> None:
-        elapsed = time.perf_counter() - self._started
+    def _record(self, exc: Exception, elapsed: float) -> None:
         if isinstance(exc, AmuletError):
             exc.context.setdefault("operation", self.operation)
             for key, value in self.context.items():

@@ -2,7 +2,7 @@
 
 Why our own and not tenacity: tenacity builds a ``RetryCallState`` and runs its strategy
 objects on every call, success included; our success path is one ``try`` around the call
-(``bench/errors_overhead.py`` measures both in one run). The policy (what to retry, how
+(``amulet_lab/bench/micro/errors.py`` measures both in one run). The policy (what to retry, how
 long to wait) is one small object shared by the sync and the async shell; only the sleep
 differs.
 """
@@ -76,7 +76,7 @@ class RetryPolicy:
         return isinstance(exc, TRANSIENT)
 
     def wait(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt ``attempt`` (1-based): capped exponential, full jitter."""
+        """Seconds to wait after failed attempt ``attempt`` (1-based): capped exponential, equal jitter."""
         if _TESTING:
             return 0.0
         ceiling = min(self.max_delay, self.delay * self.backoff ** (attempt - 1))
@@ -89,6 +89,44 @@ class RetryPolicy:
             _annotate(exc, attempt, time.monotonic() - started)
             return True
         return False
+
+    def run(self, fn: Callable[..., Any], *args: Any, name: str | None = None, **kwargs: Any) -> Any:
+        """Call ``fn(*args, **kwargs)``, retrying transient failures; re-raises the last original exception."""
+        started = time.monotonic()
+        attempt = 1
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                if self.give_up(exc, attempt, started):
+                    raise
+                pause = self._log_retry(name or _name(fn), exc, attempt)
+                attempt += 1
+                if pause:
+                    time.sleep(pause)
+
+    async def arun(self, fn: Callable[..., Any], *args: Any, name: str | None = None, **kwargs: Any) -> Any:
+        """Await ``fn(*args, **kwargs)``, retrying transient failures; the async twin of ``run``."""
+        started = time.monotonic()
+        attempt = 1
+        while True:
+            try:
+                return await fn(*args, **kwargs)
+            except Exception as exc:
+                if self.give_up(exc, attempt, started):
+                    raise
+                pause = self._log_retry(name or _name(fn), exc, attempt)
+                attempt += 1
+                await asyncio.sleep(pause)
+
+    def _log_retry(self, name: str, exc: BaseException, attempt: int) -> float:
+        pause = self.wait(attempt)
+        log.warning("retrying %s after %s (attempt %d, wait %.2fs)", name, type(exc).__name__, attempt, pause)
+        return pause
+
+
+def _name(fn: Callable[..., Any]) -> str:
+    return getattr(fn, "__qualname__", repr(fn))
 
 
 def _annotate(exc: BaseException, attempts: int, elapsed: float) -> None:
@@ -119,42 +157,19 @@ def retry_on_failure(
     policy = RetryPolicy(max_retries, delay, backoff, max_delay, jitter, extra)
 
     def decorate(fn: F) -> F:
-        name = getattr(fn, "__qualname__", repr(fn))
+        name = _name(fn)
         if inspect.iscoroutinefunction(fn):
 
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                started = time.monotonic()
-                attempt = 1
-                while True:
-                    try:
-                        return await fn(*args, **kwargs)
-                    except Exception as exc:
-                        if policy.give_up(exc, attempt, started):
-                            raise
-                        pause = policy.wait(attempt)
-                        log.warning("retrying %s after %s (attempt %d, wait %.2fs)", name, type(exc).__name__, attempt, pause)
-                        attempt += 1
-                        await asyncio.sleep(pause)
+                return await policy.arun(fn, *args, name=name, **kwargs)
 
             async_wrapper.retry_policy = policy  # type: ignore[attr-defined]
             return async_wrapper  # type: ignore[return-value]
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            started = time.monotonic()
-            attempt = 1
-            while True:
-                try:
-                    return fn(*args, **kwargs)
-                except Exception as exc:
-                    if policy.give_up(exc, attempt, started):
-                        raise
-                    pause = policy.wait(attempt)
-                    log.warning("retrying %s after %s (attempt %d, wait %.2fs)", name, type(exc).__name__, attempt, pause)
-                    attempt += 1
-                    if pause:
-                        time.sleep(pause)
+            return policy.run(fn, *args, name=name, **kwargs)
 
         wrapper.retry_policy = policy  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]
