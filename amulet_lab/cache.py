@@ -1,8 +1,9 @@
 """Caches: ``TTLCache`` (bytes- and entry-bounded, per-entry TTL, LRU) and ``ImageCache`` (content-keyed).
 
-Why our own and not ``cachetools``: we measured ``cachetools.TTLCache`` (behind a ``threading.Lock``, as
-every threaded caller must use it) against this class in ``bench/micro/cache.py``: ours took 0.3x its time
-per hit and 0.6x per set (cachetools runs ``expire()`` and three layers of ``__getitem__`` per call). More to the point,
+Why our own and not ``cachetools``: ``amulet_lab/bench/micro/cache.py`` measures ``cachetools.TTLCache``
+(behind a ``threading.Lock``, as every threaded caller must use it) against this class in one run, per hit
+and per set (cachetools runs ``expire()`` and three layers of ``__getitem__`` per call); run it for
+today's ratios. More to the point,
 cachetools lacks what we need on top: a TTL per entry (its ``TLRUCache`` takes one ``ttu`` function, not a
 per-call value), locking, stampede protection for sync *and* async callers, hit/miss/eviction counts by
 reason, a refusal (not a silent eviction of everything) for a value larger than the byte bound, and
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hashlib
 import heapq
 import itertools
 import logging
@@ -31,23 +31,27 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from amulet_lab.display import html_table
 from amulet_lab.errors import ValidationError
+from amulet_lab.files import existing_file, hash_stream
 
 if TYPE_CHECKING:
     from amulet_lab.config import Settings
 
-__all__ = ["TTLCache", "ImageCache", "sizeof", "get_image_cache"]
+__all__ = ["TTLCache", "ImageCache", "sizeof", "get_image_cache", "peek_image_cache"]
 
 log = logging.getLogger("amulet_lab.cache")
 
 _MISSING = object()
 #: Expired entries removed per write, at most: keeps every write O(log n) however many entries expire at once.
 SWEEP_LIMIT = 8
-#: Bytes per band of a PIL image mode; unlisted modes hold one byte per band.
+#: Bytes per pixel of single-band PIL modes wider than a byte; other single-band modes (L, P, 1) hold one.
 _PIL_BAND_BYTES = {"I": 4, "F": 4, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+#: Pillow stores every multi-band 8-bit mode (RGB, RGBA, RGBX, YCbCr, HSV, LAB, CMYK, LA, PA, ...) as 4 bytes
+#: a pixel: RGB is padded to 32 bits (checked by measuring RSS around ``Image.new("RGB", (4000, 4000))``).
+_PIL_MULTIBAND_PIXEL_BYTES = 4
 
 
 def sizeof(value: Any) -> int:
@@ -70,7 +74,9 @@ def _sizeof(value: Any, seen: set[int]) -> int:
     elif module.startswith("PIL."):
         if hasattr(value, "getbands") and hasattr(value, "size"):
             width, height = value.size
-            return width * height * len(value.getbands()) * _PIL_BAND_BYTES.get(value.mode, 1)
+            if len(value.getbands()) > 1:
+                return width * height * _PIL_MULTIBAND_PIXEL_BYTES
+            return width * height * _PIL_BAND_BYTES.get(value.mode, 1)
     nbytes = getattr(value, "nbytes", None)  # numpy arrays and anything array-like
     if isinstance(nbytes, int):
         return nbytes
@@ -171,18 +177,21 @@ class TTLCache:
                 field="getsizeof", value=size, code="E_CACHE_SIZEOF",
             )
         ttl = self.default_ttl if ttl is None else _check_ttl(ttl, "ttl")
-        if size > self._max_bytes:
-            with self._lock:
-                self._refused += 1
-            raise ValidationError(
-                f"a {type(value).__name__} of {size} bytes is larger than the whole cache ({self._max_bytes} bytes); "
-                "raise max_bytes or do not cache it",
-                field="value", value=size, code="E_CACHE_VALUE_TOO_LARGE",
-                context={"max_bytes": self._max_bytes, "key": repr(key)[:100]},
-            )
         with self._lock:
-            now = self._timer()
-            self._store(key, value, size, now + ttl, now)
+            # Checked under the lock: a concurrent resize() may have lowered the bound since sizing.
+            max_bytes = self._max_bytes
+            if size > max_bytes:
+                self._refused += 1
+            else:
+                now = self._timer()
+                self._store(key, value, size, now + ttl, now)
+                return
+        raise ValidationError(
+            f"a {type(value).__name__} of {size} bytes is larger than the whole cache ({max_bytes} bytes); "
+            "raise max_bytes or do not cache it",
+            field="value", value=size, code="E_CACHE_VALUE_TOO_LARGE",
+            context={"max_bytes": max_bytes, "key": repr(key)[:100]},
+        )
 
     def _store(self, key: Hashable, value: Any, size: int, expires: float, now: float) -> None:
         old = self._data.pop(key, None)
@@ -294,12 +303,19 @@ class TTLCache:
                 self._drop(key, entry, "ttl")
             flight = self._flights.get(key)
             if flight is not None:
-                self._hits += 1  # a waiter does not compute: for the caller it is a hit
-                return None, flight, False
+                return None, flight, False  # a waiter: counted by _count_waiter once the leader is done
             self._misses += 1
             flight = concurrent.futures.Future()
             self._flights[key] = flight
             return None, flight, True
+
+    def _count_waiter(self, flight: concurrent.futures.Future[Any]) -> None:
+        """A waiter did not compute: a hit when the leader succeeded, a miss when it failed (it got no value)."""
+        with self._lock:
+            if flight.exception() is None:
+                self._hits += 1
+            else:
+                self._misses += 1
 
     def _land(self, key: Hashable, flight: concurrent.futures.Future[Any], value: Any, ttl: float | None,
               exc: BaseException | None) -> None:
@@ -328,9 +344,11 @@ class TTLCache:
                 return value
             if not leader:
                 try:
-                    return flight.result()
+                    flight.exception()  # waits; raises CancelledError if the leader was interrupted
                 except concurrent.futures.CancelledError:
                     continue  # the leader was interrupted: try again, possibly as the new leader
+                self._count_waiter(flight)
+                return flight.result()
             try:
                 value = fn()
             except BaseException as exc:
@@ -351,6 +369,7 @@ class TTLCache:
                 await _wait_flight(flight)
                 if flight.cancelled():
                     continue
+                self._count_waiter(flight)
                 return flight.result()
             try:
                 value = await coro_fn()
@@ -423,29 +442,19 @@ def _fmt(bound: int | float) -> str:
 
 
 def _stats_table(title: str, stats: dict[str, Any]) -> str:
-    import html
-
-    rows = []
-    for key, value in stats.items():
-        if isinstance(value, float) and key.endswith("rate"):
-            text = f"{value:.1%}"
-        elif isinstance(value, dict):
-            text = ", ".join(f"{k}: {v}" for k, v in value.items())
-        elif value == math.inf:
-            text = "no bound"
-        else:
-            text = str(value)
-        rows.append(f"<tr><th style='text-align:left'>{html.escape(key)}</th><td>{html.escape(text)}</td></tr>")
-    return f"<table><caption>{html.escape(title)}</caption>{''.join(rows)}</table>"
+    return html_table(stats, title)
 
 
 class ImageCache:
     """Decoded or preprocessed images keyed by a content hash of the file bytes plus a transform id.
 
-    The hash is BLAKE2b (16-byte digest, ``hashlib``): in the standard library, faster than SHA-256 and
-    MD5 on 64-bit CPUs in pure software, and collision-resistant, so two different photos never share a
-    key. Paths are hashed by streaming ``settings.chunk_size`` bytes at a time into one reused buffer:
-    the file is never held whole in memory just to name it.
+    The hash is BLAKE2b (16-byte digest, ``amulet_lab.files.hash_stream``): in the standard library,
+    faster than SHA-256 and MD5 on 64-bit CPUs in pure software, and collision-resistant, so two different
+    photos never share a key. Paths are hashed by streaming ``settings.chunk_size`` bytes at a time into
+    one reused buffer: the file is never held whole in memory just to name it.
+
+    Bounded in entries (AMULET_IMAGE_CACHE_SIZE) and in bytes (AMULET_CACHE_MAX_SIZE, the same bound as
+    the general ``TTLCache``); memory pressure is answered by ``shrink()``.
     """
 
     def __init__(
@@ -461,9 +470,8 @@ class ImageCache:
 
             settings = get_settings()
         self.chunk_size = settings.chunk_size
-        # Bounded in entries only (AMULET_IMAGE_CACHE_SIZE): memory pressure is answered by shrink().
         self._cache = TTLCache(
-            math.inf,
+            settings.cache_max_size,
             settings.image_cache_size if max_items is None else max_items,
             settings.image_cache_ttl if ttl is None else ttl,
             timer=timer,
@@ -475,25 +483,14 @@ class ImageCache:
         """The cache key: BLAKE2b of the bytes (or of the file, streamed), then ``:transform_id`` if given."""
         if not isinstance(transform_id, str):
             raise ValidationError("transform_id must be a str", field="transform_id", value=transform_id)
-        digest = hashlib.blake2b(digest_size=16)
-        if isinstance(data_or_path, (bytes, bytearray, memoryview)):
-            digest.update(data_or_path)
-        elif isinstance(data_or_path, (str, os.PathLike)):
-            path = Path(data_or_path)
-            if not path.is_file():
-                raise ValidationError(f"no such file: {path}", field="data_or_path", value=str(path),
-                                      code="E_FILE_NOT_FOUND")
-            buffer = bytearray(self.chunk_size)
-            view = memoryview(buffer)
-            with path.open("rb") as fh:
-                while n := fh.readinto(buffer):
-                    digest.update(view[:n])
-        else:
+        if isinstance(data_or_path, (str, os.PathLike)):
+            data_or_path = existing_file(data_or_path, field="data_or_path")
+        elif not isinstance(data_or_path, (bytes, bytearray, memoryview)):
             raise ValidationError(
                 f"expected bytes or a path, got {type(data_or_path).__name__}", field="data_or_path",
                 value=type(data_or_path).__name__,
             )
-        key = digest.hexdigest()
+        key = hash_stream(data_or_path, digest_size=16, chunk_size=self.chunk_size)
         return f"{key}:{transform_id}" if transform_id else key
 
     def cache_image(self, data: bytes | bytearray | memoryview, filename: str = "", transform_id: str = "") -> str:
@@ -574,6 +571,11 @@ def get_image_cache(settings: Settings | None = None) -> ImageCache:
         with _image_cache_lock:
             if _image_cache is None:
                 _image_cache = ImageCache(settings=settings)
+    return _image_cache
+
+
+def peek_image_cache() -> ImageCache | None:
+    """The process-wide ``ImageCache`` if something created it, else None (never creates one)."""
     return _image_cache
 
 

@@ -6,13 +6,18 @@
    cap + 1 bytes for file objects;
 2. signature allow-list from the bytes themselves (JPEG, PNG, WebP ``RIFF....WEBP``, HEIC/HEIF ``ftyp``
    brands); the file name and any MIME type are never trusted;
-3. polyglot check: HTML/script/PHP text anywhere, or an archive/executable/PDF signature after the image's
-   own end (ZIP appended to a JPEG, and so on), is refused. Other trailing bytes are tolerated because
-   phones append their own trailers (Samsung, motion photos);
+3. polyglot check: HTML/script/PHP text anywhere outside the compressed pixel data (JPEG scans, PNG IDAT,
+   WebP VP8*, HEIF mdat: random-looking bytes where short markers occur by chance), or an
+   archive/executable/PDF signature after the image's own end (ZIP appended to a JPEG, and so on), is
+   refused. Other trailing bytes are tolerated because phones append their own trailers (Samsung, motion
+   photos);
 4. ``Image.open(..., formats=[the sniffed format])``; the header's size is checked against
    ``settings.max_image_side`` and ``settings.max_image_pixels`` before any pixel is decoded;
 5. a full decode (a truncated file is refused; ``LOAD_TRUNCATED_IMAGES`` is never set);
 6. EXIF orientation applied, then RGB (transparency composited on white, 16-bit scaled, CMYK converted).
+
+Steps 4 and 6 are ``amulet_lab.pixels`` (``check_dimensions``, ``to_rgb``), shared with
+``memory.StreamingHandler.process_large_image`` so both paths give the same pixels and refusals.
 
 Refusal codes: E_IMAGE_INPUT, E_IMAGE_NOT_FOUND, E_IMAGE_EMPTY, E_IMAGE_TOO_LARGE, E_IMAGE_SIGNATURE,
 E_IMAGE_POLYGLOT, E_IMAGE_DIMENSIONS, E_IMAGE_BOMB, E_IMAGE_TRUNCATED, E_IMAGE_DECODE. Input errors are
@@ -35,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Union
 
 from amulet_lab.errors import SecurityError, ValidationError
+from amulet_lab.pixels import check_dimensions, to_rgb
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -56,6 +62,7 @@ _MARKUP_WORDS = ("script", "html", "?php", "!doctype html", "iframe", "svg")
 _TEXT_MARKERS = re.compile(b"<(?:" + b"|".join(
     b"".join(b"[" + re.escape(c.lower()).encode() + re.escape(c.upper()).encode() + b"]" if c.isalpha()
              else re.escape(c).encode() for c in word) for word in _MARKUP_WORDS) + b")")
+_LONGEST_MARKER = 1 + max(len(word) for word in _MARKUP_WORDS)
 # A JPEG marker inside entropy-coded data: 0xFF followed by anything but stuffing (00), restarts (D0-D7) or fill.
 _JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 # Signatures of other file types; looked for after the image's own end.
@@ -143,81 +150,147 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def _jpeg_end(data: bytes) -> int | None:
-    """Offset just after the JPEG's EOI marker (walking segments and entropy-coded data), or None."""
+def _jpeg_layout(data: bytes) -> tuple[int | None, list[tuple[int, int]]]:
+    """(offset just after EOI or None, ranges of entropy-coded scan data) from a walk over the segments.
+
+    Every segment (headers, APPn, COM, the tables between progressive scans) is outside the ranges, so
+    markup hidden there is still seen; only the compressed scan bytes, which are random-looking, are skipped.
+    """
     pos, n = 2, len(data)
+    skips: list[tuple[int, int]] = []
     while pos + 2 <= n:
         if data[pos] != 0xFF:
-            return None
+            return None, skips  # not a marker where one must be: malformed, the rest is scanned
         marker = data[pos + 1]
         if marker == 0xFF:  # fill byte
             pos += 1
             continue
         if marker == 0xD9:
-            return pos + 2
+            return pos + 2, skips
         if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # stand-alone markers
             pos += 2
             continue
         if pos + 4 > n:
-            return None
+            return None, skips
         length = struct.unpack(">H", data[pos + 2:pos + 4])[0]
         pos += 2 + length
         if marker == 0xDA:  # start of scan: skip entropy-coded bytes up to the next real marker
             found = _JPEG_MARKER.search(data, pos)
-            if found is None:
-                return None
+            if found is None:  # truncated inside the scan: the decode refuses it later
+                skips.append((pos, n))
+                return None, skips
+            skips.append((pos, found.start()))
             pos = found.start()
-    return None
+    return None, skips
+
+
+def _jpeg_end(data: bytes) -> int | None:
+    """Offset just after the JPEG's EOI marker (walking segments and entropy-coded data), or None."""
+    return _jpeg_layout(data)[0]
+
+
+def _png_layout(data: bytes) -> tuple[int | None, list[tuple[int, int]]]:
+    """(offset just after IEND or None, ranges of IDAT/fdAT payloads: compressed pixels)."""
+    pos, n = 8, len(data)
+    skips: list[tuple[int, int]] = []
+    while pos + 12 <= n:
+        length = struct.unpack(">I", data[pos:pos + 4])[0]
+        kind = data[pos + 4:pos + 8]
+        if kind in (b"IDAT", b"fdAT"):
+            skips.append((pos + 8, min(pos + 8 + length, n)))
+        pos += 12 + length
+        if kind == b"IEND":
+            return (pos if pos <= n else None), skips
+    return None, skips
 
 
 def _png_end(data: bytes) -> int | None:
     """Offset just after the PNG's IEND chunk, or None."""
-    pos, n = 8, len(data)
-    while pos + 12 <= n:
-        length = struct.unpack(">I", data[pos:pos + 4])[0]
-        kind = data[pos + 4:pos + 8]
-        pos += 12 + length
-        if kind == b"IEND":
-            return pos if pos <= n else None
-    return None
+    return _png_layout(data)[0]
 
 
-def _bmff_end(data: bytes) -> int | None:
-    """Offset after the last well-formed top-level ISO-BMFF box (HEIF)."""
+def _webp_layout(data: bytes) -> tuple[int | None, list[tuple[int, int]]]:
+    """(end of the RIFF container, ranges of VP8/VP8L/ALPH/ANMF payloads: compressed pixels)."""
+    riff = struct.unpack("<I", data[4:8])[0]
+    end = 8 + riff + (riff & 1)
+    pos, stop = 12, min(end, len(data))
+    skips: list[tuple[int, int]] = []
+    while pos + 8 <= stop:
+        kind = data[pos:pos + 4]
+        size = struct.unpack("<I", data[pos + 4:pos + 8])[0]
+        if kind in (b"VP8 ", b"VP8L", b"ALPH", b"ANMF"):
+            skips.append((pos + 8, min(pos + 8 + size, stop)))
+        pos += 8 + size + (size & 1)
+    return end, skips
+
+
+def _bmff_layout(data: bytes) -> tuple[int | None, list[tuple[int, int]]]:
+    """(offset after the last well-formed top-level ISO-BMFF box, ranges of ``mdat`` payloads) for HEIF."""
     pos, n = 0, len(data)
+    skips: list[tuple[int, int]] = []
     while pos + 8 <= n:
         size = struct.unpack(">I", data[pos:pos + 4])[0]
         kind = data[pos + 4:pos + 8]
         if not all(0x20 <= c < 0x7F for c in kind):
-            return pos
+            return pos, skips
+        header = 8
         if size == 1 and pos + 16 <= n:
-            size = struct.unpack(">Q", data[pos + 8:pos + 16])[0]
+            size, header = struct.unpack(">Q", data[pos + 8:pos + 16])[0], 16
         elif size == 0:
-            return n
-        if size < 8:
-            return pos
+            size = n - pos  # the box runs to the end of the file
+        if size < header:
+            return pos, skips
+        if kind == b"mdat":
+            skips.append((pos + header, min(pos + size, n)))
         pos += size
-    return min(pos, n)
+    return min(pos, n), skips
+
+
+def _bmff_end(data: bytes) -> int | None:
+    """Offset after the last well-formed top-level ISO-BMFF box (HEIF)."""
+    return _bmff_layout(data)[0]
+
+
+def _layout(data: bytes, fmt: str) -> tuple[int | None, list[tuple[int, int]]]:
+    """(image end or None, sorted ranges of compressed pixel data that the markup scan skips)."""
+    if fmt == "JPEG":
+        return _jpeg_layout(data)
+    if fmt == "PNG":
+        return _png_layout(data)
+    if fmt == "WEBP":
+        return _webp_layout(data)
+    return _bmff_layout(data)
 
 
 def _image_end(data: bytes, fmt: str) -> int | None:
-    if fmt == "JPEG":
-        return _jpeg_end(data)
-    if fmt == "PNG":
-        return _png_end(data)
-    if fmt == "WEBP":
-        riff = struct.unpack("<I", data[4:8])[0]
-        return 8 + riff + (riff & 1)
-    return _bmff_end(data)
+    return _layout(data, fmt)[0]
+
+
+def _find_markup(data: bytes, skips: list[tuple[int, int]]) -> re.Match[bytes] | None:
+    """The first markup match outside the ``skips`` ranges (searched in place: no copies of the data)."""
+    pos = 0
+    for start, stop in [*skips, (len(data), len(data))]:
+        if start > pos:
+            # A marker straddling a range edge is still caught: the search may run a few bytes past ``start``.
+            found = _TEXT_MARKERS.search(data, pos, min(len(data), start + _LONGEST_MARKER))
+            if found and found.start() < start:
+                return found
+        pos = max(pos, stop)
+    return None
 
 
 def _check_polyglot(data: bytes, fmt: str, filename: str | None) -> None:
-    """Refuse script/markup text anywhere, and other files' signatures after the image's end."""
-    found = _TEXT_MARKERS.search(data)
+    """Refuse script/markup text outside the compressed pixel data, and other files' signatures after the end.
+
+    Compressed pixel data (JPEG scans, PNG IDAT, WebP VP8*, HEIF mdat) is skipped: it is random-looking, so
+    over a few MB a short marker such as ``<svg`` turns up by chance in about one real photo in a hundred,
+    and nothing reads it as text. Headers, metadata, comments and any trailer are scanned.
+    """
+    end, skips = _layout(data, fmt)
+    found = _find_markup(data, skips)
     if found:
         raise _hostile(f"image holds markup or script text ({found.group(0).decode('latin-1')!r}): refused as a "
                        "polyglot", "E_IMAGE_POLYGLOT", filename, offset=found.start())
-    end = _image_end(data, fmt)
     if end is None or end >= len(data):
         return
     trailer = data[end:]
@@ -240,31 +313,19 @@ def _register_heif() -> None:
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    """RGB pixels: alpha or palette transparency composited on white, 16/32-bit grey scaled to 8 bits."""
-    from PIL import Image
-
-    mode = image.mode
-    if mode == "RGB":
-        return image
-    if mode.startswith("I;16") or mode in ("I", "F"):
-        import numpy as np
-
-        values = np.asarray(image).astype(np.float64)
-        top = 65535.0 if (mode.startswith("I;16") or values.max(initial=0) > 255) else 255.0
-        grey = np.clip(values * (255.0 / top) + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(grey, "L").convert("RGB")
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info)
-    if has_alpha:
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return image.convert("RGB")
+    """``amulet_lab.pixels.to_rgb`` (kept under its old name for callers)."""
+    return to_rgb(image)
 
 
 def validate_image(
-    data: ImageInput, *, filename: str | None = None, settings: Settings | None = None
+    data: ImageInput, *, filename: str | None = None, settings: Settings | None = None,
+    draft_size: int | None = None,
 ) -> ValidatedImage:
-    """Check untrusted image input step by step and return it decoded, upright and RGB (see the module doc)."""
+    """Check untrusted image input step by step and return it decoded, upright and RGB (see the module doc).
+
+    ``draft_size``: a JPEG may be decoded at a reduced libjpeg scale that keeps both sides >= this size
+    (every byte is still decoded, so truncation is still refused); ``width``/``height`` are then the decoded size.
+    """
     from PIL import Image, ImageOps
 
     if settings is None:
@@ -293,17 +354,18 @@ def validate_image(
         raise _decode_error(exc, fmt, shown, "open") from exc
     # No ``with``: closing would free the pixels, and the BytesIO holds no OS resource.
     width, height = image.size
-    if width < 1 or height < 1 or max(width, height) > settings.max_image_side:
-        raise _refuse(f"image is {width}x{height}; each side must be 1..{settings.max_image_side} px",
-                      "E_IMAGE_DIMENSIONS", shown, width=width, height=height, limit=settings.max_image_side)
-    if width * height > settings.max_image_pixels:
-        raise _hostile(f"image is {width}x{height} = {width * height} pixels, over the limit of "
-                       f"{settings.max_image_pixels} (decompression bomb guard)", "E_IMAGE_BOMB", shown,
-                       width=width, height=height, limit=settings.max_image_pixels)
     try:
+        check_dimensions(width, height, max_side=settings.max_image_side, max_pixels=settings.max_image_pixels,
+                         filename=shown)
+    except SecurityError as exc:
+        logger.warning("refused image %s: %s [%s]", shown or "<bytes>", exc.message, exc.code)
+        raise
+    try:
+        if draft_size and fmt == "JPEG":
+            image.draft("RGB", (draft_size, draft_size))
         image.load()
         ImageOps.exif_transpose(image, in_place=True)  # in place: a copy would cost a full frame
-        rgb = _to_rgb(image)
+        rgb = to_rgb(image)
     except Image.DecompressionBombError as exc:
         raise _hostile(f"image decodes to too many pixels: {exc}", "E_IMAGE_BOMB", shown) from exc
     except (OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:

@@ -39,7 +39,10 @@ def test_sizeof_knows_buffers_arrays_images_tensors_and_containers():
     assert sizeof(bytearray(10)) == 10
     assert sizeof(memoryview(b"x" * 12)[2:]) == 10
     assert sizeof(np.zeros((10, 10), dtype=np.float32)) == 400
-    assert sizeof(Image.new("RGB", (20, 10))) == 20 * 10 * 3
+    # Pillow pads RGB (and every multi-band 8-bit mode) to 4 bytes a pixel.
+    for mode in ("RGB", "RGBA", "RGBX", "YCbCr", "HSV", "LAB", "LA", "CMYK"):
+        assert sizeof(Image.new(mode, (20, 10))) == 20 * 10 * 4, mode
+    assert sizeof(Image.new("L", (20, 10))) == sizeof(Image.new("P", (20, 10))) == 20 * 10
     assert sizeof(Image.new("F", (4, 5))) == 4 * 5 * 4
     assert sizeof(Image.new("I;16", (4, 5))) == 4 * 5 * 2
     assert sizeof("héllo") == sys.getsizeof("héllo")
@@ -79,6 +82,20 @@ def test_value_larger_than_the_cache_is_refused_without_evicting():
     assert err.value.code == "E_CACHE_VALUE_TOO_LARGE"
     assert cache.get("a") == b"x" * 60 and "big" not in cache
     assert cache.stats()["refused"] == 1 and cache.stats()["evictions"]["size"] == 0
+
+
+def test_the_byte_bound_is_checked_again_under_the_lock():
+    cache = None
+
+    def shrinking_sizer(value):
+        cache.resize(max_bytes=10)  # another thread lowers the bound while this value is being sized
+        return len(value)
+
+    cache = TTLCache(100, None, 60, getsizeof=shrinking_sizer)
+    with pytest.raises(ValidationError) as err:
+        cache.set("k", b"x" * 50)
+    assert err.value.code == "E_CACHE_VALUE_TOO_LARGE" and err.value.context["max_bytes"] == 10
+    assert "k" not in cache and cache.stats()["bytes"] == 0 and cache.stats()["refused"] == 1
 
 
 def test_byte_bound_evicts_lru_and_counts_size_evictions():
@@ -285,6 +302,8 @@ def test_exception_reaches_every_waiter_and_is_not_cached():
     for t in [leader, *waiters]:
         t.join(5)
     assert errors == ["decode failed"] * 8
+    s = cache.stats()
+    assert (s["hits"], s["misses"]) == (0, 8)  # a waiter of a failed leader got no value: a miss, not a hit
     assert "k" not in cache
     assert cache.get_or_compute("k", lambda: 42) == 42  # the failure was not cached
 

@@ -220,13 +220,36 @@ def test_groups_csv_file_and_regex_and_callable_agree(tmp_path):
     for splits in (by_csv, by_regex, by_callable):
         _assert_groups_not_split([(splits.train, splits.val)])
         assert len({s.group for s in splits.all}) == 18
-    assert by_csv.val == by_callable.val
+    assert [s.path for s in by_csv.val] == [s.path for s in by_callable.val]
 
 
 def test_group_ids_from_a_regex_are_per_class(tmp_path):
     root = _flat(tmp_path / "ds", per_class=2)
     splits = load_dataset(root, groups=r"regex:_(\d{4})\.jpg$", val_fraction=0)
     assert len({s.group for s in splits.train}) == 6
+
+
+def test_group_ids_from_a_file_or_mapping_are_per_class(tmp_path):
+    root = tmp_path / "ds"
+    for key in KEYS:  # every class has a "piece 7": the same file names and the same id in each class
+        _touch(root / key / "front_7.jpg")
+        _touch(root / key / "back_7.jpg")
+    by_name = {"front_7.jpg": "7", "back_7.jpg": "7"}  # the file-name fallback
+    by_path = {f"{key}/{side}_7.jpg": "7" for key in KEYS for side in ("front", "back")}
+    _touch(tmp_path / "groups.json", json.dumps(by_path).encode())
+    for spec in (by_name, by_path, tmp_path / "groups.json"):
+        samples = load_dataset(root, groups=spec, val_fraction=0).train
+        assert {s.group for s in samples} == {f"{key}:7" for key in KEYS}  # six pieces, not one
+        assert all(s.group == f"{s.key}:7" for s in samples)
+
+
+def test_test_fraction_with_presplit_folders_is_refused(tmp_path):
+    root = tmp_path / "ds"
+    for key in KEYS:
+        _touch(root / "train" / key / "a.jpg")
+    with pytest.raises(ValidationError) as info:
+        load_dataset(root, test_fraction=0.2)
+    assert info.value.code == "E_DATASET_FRACTION" and info.value.field == "test_fraction"
 
 
 def test_groups_file_errors(tmp_path):

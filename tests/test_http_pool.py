@@ -122,7 +122,8 @@ def test_a_new_pool_per_request_opens_a_connection_each_time(server, settings):
     assert run(main()) == 3 == state.connections
 
 
-def test_retry_on_503_then_success(server, settings):
+def test_retry_on_503_then_success(server, settings, caplog):
+    caplog.set_level("WARNING", logger="amulet_lab.errors")
     url, state = server
     state.fail_next = 2
     mon = PerformanceMonitor()
@@ -137,6 +138,8 @@ def test_retry_on_503_then_success(server, settings):
     assert r.status_code == 200 and state.hits["/flaky"] == 3
     assert stats["attempts"] == 3 and stats["retries"] == 2 and stats["errors"] == 0 and stats["requests"] == 1
     assert mon.get_stats("http.get")["errors"] == 0
+    retried = [r.getMessage() for r in caplog.records if r.getMessage().startswith("retrying HTTP GET /flaky")]
+    assert len(retried) == 2 and "NetworkError" in retried[0]  # RetryPolicy.arun logs every retry
 
 
 def test_503_without_retry_or_after_retries_is_a_network_error(server, settings):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import amulet_lab.cache as cache_module
+import amulet_lab.files as files_module
 from amulet_lab.cache import ImageCache, get_image_cache
 from amulet_lab.errors import ValidationError
 
@@ -52,27 +53,24 @@ def test_paths_are_streamed_in_chunks(settings, tmp_path, monkeypatch):
     path = tmp_path / "big.bin"
     path.write_bytes(big)
     reads = []
-    real_open = type(path).open
 
-    def spy_open(self, *args, **kwargs):
-        fh = real_open(self, *args, **kwargs)
-        real_readinto = fh.readinto
+    class Spy:
+        def __init__(self, fh):
+            self.fh = fh
 
-        class Spy:
-            def __enter__(self_inner):
-                return self_inner
+        def __enter__(self):
+            return self
 
-            def __exit__(self_inner, *exc):
-                fh.close()
+        def __exit__(self, *exc):
+            self.fh.close()
 
-            def readinto(self_inner, buffer):
-                n = real_readinto(buffer)
-                reads.append(n)
-                return n
+        def readinto(self, buffer):
+            n = self.fh.readinto(buffer)
+            reads.append(n)
+            return n
 
-        return Spy()
-
-    monkeypatch.setattr(type(path), "open", spy_open)
+    # key_for streams through amulet_lab.files.hash_stream: spy on the file it opens there.
+    monkeypatch.setattr(files_module, "open", lambda *a, **k: Spy(open(*a, **k)), raising=False)
     assert cache.key_for(path) == hashlib.blake2b(big, digest_size=16).hexdigest()
     assert max(reads) <= 1000 and sum(reads) == len(big)  # whole file once, never more than a chunk at a time
 
@@ -113,12 +111,25 @@ def test_shrink_and_get_or_compute(settings):
     assert "ImageCache" in repr(cache) and "<table>" in cache._repr_html_()
 
 
+def test_byte_bound_comes_from_cache_max_size(settings):
+    cache = ImageCache(max_items=100, ttl=60, settings=settings.replace(cache_max_size=100))
+    cache.put("a", b"x" * 60)
+    cache.put("b", b"x" * 60)  # 120 bytes > 100: the least recently used goes
+    assert "a" not in cache and "b" in cache and cache.get_stats()["total_size_bytes"] == 60
+    with pytest.raises(ValidationError) as err:
+        cache.put("huge", b"x" * 101)
+    assert err.value.code == "E_CACHE_VALUE_TOO_LARGE"
+
+
 def test_module_instance_is_lazy_and_shared(settings):
     cache_module._reset_image_cache()
     try:
         assert cache_module._image_cache is None  # nothing built at import
+        assert cache_module.peek_image_cache() is None  # peeking never creates it
+        assert cache_module._image_cache is None
         first = get_image_cache(settings.replace(image_cache_size=7))
         assert cache_module.image_cache is first and get_image_cache() is first
+        assert cache_module.peek_image_cache() is first
         assert first.get_stats()["max_size"] == 7
         with pytest.raises(AttributeError):
             cache_module.no_such_thing  # noqa: B018

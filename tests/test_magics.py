@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from amulet_lab.magics import ProfileReport
+import amulet_lab.cache as cache_module
+from amulet_lab.magics import ProfileReport, ProfiledCellError
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +31,7 @@ def test_profile_reports_wall_time_peak_rss_and_cache_hit_rate(shell):
         "block = bytearray(b'\\x01') * (80 * 2**20)\n"
         "from amulet_lab.cache import get_image_cache\n"
         "hits = [get_image_cache().get_image(_key) is not None for _ in range(5)]\n"
+        "get_image_cache().get_image('no-such-key')\n"
         "time.sleep(0.05)\n"
         "answer = 6 * 7\n"
     )
@@ -39,7 +41,9 @@ def test_profile_reports_wall_time_peak_rss_and_cache_hit_rate(shell):
     assert isinstance(report, ProfileReport) and report.label == "load step" and report.succeeded
     assert shell.user_ns["answer"] == 42 and all(shell.user_ns["hits"])  # the cell ran in the user namespace
     assert report.wall_s >= 0.05 and report.peak_rss_delta_mb > 60 and report.samples >= 2
-    assert report.cache_hit_rate_after is not None and report.cache_hit_rate_change > 0
+    # The cell's own lookups, not the cache's lifetime rate (which includes earlier cells).
+    assert (report.cache_hits, report.cache_misses) == (5, 1) and report.cache_hit_rate == pytest.approx(5 / 6)
+    assert "83.3% (5 hits, 1 misses)" in dict(report.rows())["image-cache hit rate"]
     html = report._repr_html_()
     assert "<table>" in html and "peak RSS delta" in html and "wall time" in html
     frame = report.to_frame()
@@ -47,8 +51,25 @@ def test_profile_reports_wall_time_peak_rss_and_cache_hit_rate(shell):
     del shell.user_ns["block"]
 
 
-def test_profile_of_a_failing_cell_still_reports_and_the_cell_fails(shell):
+def test_profiling_never_creates_the_image_cache(shell):
+    cache_module._reset_image_cache()
+    try:
+        result = shell.run_cell("%%amulet_profile\nx = 1\n")
+        assert result.success and cache_module.peek_image_cache() is None
+        report = shell.user_ns["_amulet_profile"]
+        assert report.cache_hits is None and report.cache_hit_rate is None
+        assert dict(report.rows())["image-cache hit rate"].startswith("n/a")
+    finally:
+        cache_module._reset_image_cache()
+
+
+def test_profile_of_a_failing_cell_still_reports_and_the_cell_fails(shell, capsys):
     result = shell.run_cell("%%amulet_profile\nraise ValueError('boom')\n")
     report = shell.user_ns["_amulet_profile"]
     assert report.succeeded is False and report.label == "" and "raised" in repr(report)
-    assert not result.success and isinstance(result.error_in_exec, ValueError)  # Run All stops here
+    assert not result.success  # Run All stops here
+    error = result.error_in_exec
+    assert isinstance(error, ProfiledCellError) and isinstance(error.__cause__, ValueError)
+    out = capsys.readouterr().out
+    assert out.count("Traceback (most recent call last)") == 1, out  # shown once, not again for the magic
+    assert "the profiled cell raised ValueError: boom" in out

@@ -12,7 +12,7 @@ import types
 
 import pytest
 
-from amulet_lab.errors import MemoryBudgetExceeded, ValidationError
+from amulet_lab.errors import MemoryBudgetExceeded, SecurityError, ValidationError
 from amulet_lab.memory import (
     GCManager,
     MemoryMonitor,
@@ -184,6 +184,71 @@ def test_get_stats_and_notebook_views(fakes):
     assert "<table>" in monitor._repr_html_() and "MemoryMonitor(level='normal'" in repr(monitor)
 
 
+def test_get_stats_reports_the_last_check_without_running_one(fakes):
+    monitor, process, system = fakes
+    calls = []
+    monitor.register_responder(lambda level, check: calls.append(level))
+    first = monitor.get_stats()  # no check yet: exactly one is run
+    assert monitor.checks == 1 and first["pressure_check"]["level"] == "normal"
+    system.used = 0.99  # pressure is now critical, but reading stats must not act on it
+    process.rss = 300 * MB
+    stats = monitor.get_stats()
+    assert monitor.checks == 1 and calls == [] and monitor.level == "normal"
+    assert stats["pressure_check"] is monitor.last_check and stats["current"]["rss_mb"] == 300
+    monitor.check_memory_pressure()  # an explicit check acts and becomes the reported one
+    assert calls == ["critical"] and monitor.get_stats()["pressure_check"]["level"] == "critical"
+
+
+def test_image_cache_responder_peeks_and_uses_the_monitors_settings(settings):
+    import amulet_lab.cache as cache_module
+    from amulet_lab.memory import image_cache_responder
+
+    system = FakeSystem(0.1)
+    monitor = MemoryMonitor(settings.replace(cache_shrink_fraction=0.25), process=FakeProcess(50),
+                            virtual_memory=system, builtin_responders=False)
+    monitor.register_responder(image_cache_responder)
+    cache_module._reset_image_cache()
+    try:
+        system.used = 0.99
+        monitor.check_memory_pressure()
+        assert monitor.events[-1]["responses"]["image_cache_responder"] == {}
+        assert cache_module.peek_image_cache() is None  # the responder did not create a cache
+        cache = cache_module.get_image_cache(settings.replace(image_cache_size=100))
+        for i in range(8):
+            cache.put(f"k{i}", b"x")
+        system.used = 0.1
+        monitor.check_memory_pressure()
+        system.used = 0.99
+        monitor.check_memory_pressure()
+        assert monitor.events[-1]["responses"]["image_cache_responder"] == {"ImageCache#0": 2}  # 25% of 8
+    finally:
+        cache_module._reset_image_cache()
+
+
+def test_stop_keeps_the_handle_of_a_thread_that_did_not_stop(fakes, caplog):
+    monitor, _, _ = fakes
+    release, entered = threading.Event(), threading.Event()
+
+    def stuck(level, check):
+        entered.set()
+        release.wait(5)
+
+    monitor.register_responder(stuck)
+    monitor.settings = monitor.settings.replace(memory_warning_threshold=0.0)  # the first check rises
+    monitor.start(interval_s=0.001)
+    try:
+        assert entered.wait(5)
+        monitor.stop(timeout=0.01)
+        assert monitor.running and monitor._thread is not None  # still alive: kept, not forgotten
+        assert "did not stop" in caplog.text
+        assert monitor.start(interval_s=0.001)._thread is not None  # no second loop beside it
+        assert sum(t.name == "amulet-memory-monitor" for t in threading.enumerate()) == 1
+    finally:
+        release.set()
+        monitor.stop()
+    assert not monitor.running and monitor._thread is None
+
+
 def test_module_level_instances_are_lazy_and_shared():
     import amulet_lab.memory as memory
 
@@ -233,12 +298,12 @@ def test_iter_chunks_hash_file_and_mapping(tmp_path, settings):
     with handler.open_mapped(small) as content:
         assert content == b"abc"
     with pytest.raises(ValidationError) as missing:
-        list(handler.iter_chunks(tmp_path / "nope"))
+        handler.iter_chunks(tmp_path / "nope")  # checked at the call, before any next()
     assert missing.value.code == "E_FILE_NOT_FOUND"
     with pytest.raises(ValidationError):
         handler.hash_file(path, "not-a-hash")
     with pytest.raises(ValidationError):
-        list(handler.iter_chunks(12345))  # type: ignore[arg-type]
+        handler.iter_chunks(12345)  # type: ignore[arg-type]
 
 
 def _jpeg(size, color=(200, 30, 30)) -> bytes:
@@ -277,9 +342,12 @@ def test_process_large_image_drafts_large_jpegs_and_reduces_to_max_side(monkeypa
 
 def test_process_large_image_validates_input(tmp_path, settings):
     handler = StreamingHandler(settings.replace(max_image_pixels=10_000))
-    with pytest.raises(ValidationError) as too_big:
+    with pytest.raises(SecurityError) as too_big:  # the same check (amulet_lab.pixels) as validate_image
         handler.process_large_image(_jpeg((200, 100)))
-    assert too_big.value.code == "E_IMAGE_TOO_LARGE"
+    assert too_big.value.code == "E_IMAGE_BOMB"
+    with pytest.raises(ValidationError) as too_long:
+        StreamingHandler(settings.replace(max_image_side=150)).process_large_image(_jpeg((200, 100)))
+    assert too_long.value.code == "E_IMAGE_DIMENSIONS"
     with pytest.raises(ValidationError) as not_image:
         handler.process_large_image(b"not an image at all")
     assert not_image.value.code == "E_IMAGE_FORMAT"

@@ -39,6 +39,17 @@ def test_counts_totals_and_throughput_with_injected_clock():
     assert empty["count"] == 0 and empty["p95"] == 0.0 and empty["throughput"] == 0.0
 
 
+def test_throughput_when_record_value_came_before_the_first_record():
+    clock = Clock()
+    mon = PerformanceMonitor(timer=clock)
+    mon.record_value("op", "peak_rss_delta_mb", 12.0)  # memory_efficient_operation may report first
+    for _ in range(4):
+        clock.now += 0.5
+        mon.record("op", 0.5)
+    s = mon.get_stats("op")
+    assert s["throughput"] == pytest.approx(4 / 2.0) and s["values"]["peak_rss_delta_mb"]["last"] == 12.0
+
+
 def test_percentiles_equal_numpy_over_the_window():
     rng = random.Random(7)
     mon = PerformanceMonitor(window=500)

@@ -134,6 +134,15 @@ def test_unknowns(tmp_path):
     assert [p.read_bytes() for p in paths] == [p.read_bytes() for p in again]
     with pytest.raises(ValidationError):
         synthesize_unknowns(tmp_path / "x", 0, seed=0)
+    for size in (8, 2048, True):
+        with pytest.raises(ValidationError) as info:
+            synthesize_unknowns(tmp_path / "x", 1, seed=0, size=size)
+        assert info.value.code == "E_SYNTH_ARGUMENT" and info.value.field == "size"
+    with pytest.raises(ValidationError) as info:  # no mixing into an earlier run
+        synthesize_unknowns(tmp_path / "_unknown", 2, seed=1, size=64)
+    assert info.value.code == "E_SYNTH_NOT_EMPTY"
+    fewer = synthesize_unknowns(tmp_path / "_unknown", 2, seed=1, size=64, overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "_unknown").iterdir()) == sorted(p.name for p in fewer)
 
 
 @pytest.fixture

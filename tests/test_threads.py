@@ -16,6 +16,7 @@ from amulet_lab.threads import (
     ThreadPoolManager,
     ThreadSafeDict,
     ThreadSafeQueue,
+    get_lock_manager,
     get_stats,
     named_lock,
     thread_safe_operation,
@@ -65,21 +66,23 @@ def test_atomic_counter_operations():
         AtomicCounter("0")  # type: ignore[arg-type]
 
 
-def test_plain_int_loses_updates_where_counter_does_not(fast_switching):
-    """The contrast that makes the counter test meaningful: an unlocked read-modify-write races."""
-    box = {"n": 0}
+def test_plain_int_loses_updates_where_counter_does_not():
+    """The contrast that makes the counter test meaningful: an unlocked read-modify-write loses an update.
 
-    def pause() -> None:
-        return None  # entering a Python function is a point where CPython may switch threads
+    Forced, not hoped for: both threads read, meet at a barrier, then write, so one write is always lost.
+    """
+    box = {"n": 0}
+    counter = AtomicCounter()
+    both_read = threading.Barrier(2, timeout=5)
 
     def racy():
-        for _ in range(20_000):
-            value = box["n"]
-            pause()
-            box["n"] = value + 1
+        value = box["n"]
+        both_read.wait()
+        box["n"] = value + 1
+        counter.increment()
 
-    _run_threads(4, racy)
-    assert box["n"] < 80_000
+    _run_threads(2, racy)
+    assert box["n"] == 1 and counter.get() == 2
 
 
 def test_update_with_loses_no_update_under_contention(fast_switching):
@@ -216,7 +219,7 @@ def test_decorated_recursive_function_does_not_deadlock():
         return 1 if n <= 1 else n * fact(n - 1)
 
     assert fact(20) == 2432902008176640000
-    assert fact.lock_name.endswith("test_decorated_recursive_function_does_not_deadlock.<locals>.fact")
+    assert "test_decorated_recursive_function_does_not_deadlock.<locals>.fact#" in fact.lock_name
 
 
 def test_decorator_serialises_threads_and_keys_locks_by_module_and_qualname():
@@ -242,6 +245,27 @@ def test_decorator_serialises_threads_and_keys_locks_by_module_and_qualname():
 
     a, b = make("pkg.one"), make("pkg.two")
     assert a.lock_name != b.lock_name and a.lock_name.startswith("pkg.one.")
+    # Two functions from one factory share module and qualname but must not share a lock.
+    c, d = make("pkg.same"), make("pkg.same")
+    assert c.lock_name != d.lock_name
+    release, holding = threading.Event(), threading.Event()
+
+    def hold_c():
+        with get_lock_manager().lock(c.lock_name, kind="rlock"):
+            holding.set()
+            release.wait(5)
+
+    holder = threading.Thread(target=hold_c)
+    holder.start()
+    try:
+        assert holding.wait(5)
+        with get_lock_manager().lock(d.lock_name, timeout=0.5, kind="rlock"):
+            pass  # d's lock is free while c's is held by another thread
+        with pytest.raises(LockTimeoutError):
+            get_lock_manager().lock(c.lock_name, timeout=0.01, kind="rlock").__enter__()
+    finally:
+        release.set()
+        holder.join(5)
     shared1 = thread_safe_operation("shared")(lambda: None)
     shared2 = thread_safe_operation("shared")(lambda: None)
     assert shared1.lock_name == shared2.lock_name == "shared"
@@ -322,6 +346,46 @@ def test_thread_pool_manager_named_pools_stats_and_shutdown(settings):
     assert info.value.code == "E_POOL_SHUTDOWN"
     with pytest.raises(ValidationError):
         ThreadPoolManager(settings).get_pool("x", max_workers=0)
+
+
+def test_submit_after_an_executor_shut_down_and_map_cancels_the_rest_after_an_error(settings):
+    manager = ThreadPoolManager(settings)
+    manager.get_pool("gone").shutdown()  # as if shutdown() ran between the manager's check and submit
+    with pytest.raises(ProcessingError) as info:
+        manager.submit("gone", print)
+    assert info.value.code == "E_POOL_SHUTDOWN"
+
+    ran, release = [], threading.Event()
+
+    def job(x):
+        ran.append(x)
+        if x == 0:
+            raise ValueError("first item failed")
+        release.wait(5)  # item 1 occupies the only worker until the test is done
+        return x
+
+    manager.get_pool("one", max_workers=1)
+    try:
+        with pytest.raises(ValueError):
+            manager.map("one", job, range(10))
+    finally:
+        release.set()
+    manager.shutdown(wait=True)
+    assert set(ran) <= {0, 1}  # items 2..9 were cancelled, never run
+    assert manager.stats()["pools"]["one"]["cancelled"] >= 8
+
+
+def test_lock_timeout_in_the_acquiring_window_names_no_thread():
+    manager = LockManager()
+    named = manager._get("window", "lock", 1)
+    named.primitive.acquire()  # taken, holder not recorded yet: the window inside acquire()
+    try:
+        with pytest.raises(LockTimeoutError) as info:
+            with manager.lock("window", timeout=0.01):
+                pass
+        assert "an unknown thread (acquiring)" in str(info.value) and "None" not in str(info.value)
+    finally:
+        named.primitive.release()
 
 
 def test_get_stats_for_the_health_report():

@@ -14,7 +14,7 @@ def _synth(args: argparse.Namespace, settings: Any) -> int:
     out = synthesize(args.out, args.per_class, args.seed, args.size, progress=not args.quiet,
                      overwrite=args.overwrite)
     if args.unknowns:
-        synthesize_unknowns(out / "_unknown", args.unknowns, args.seed, args.size)
+        synthesize_unknowns(out / "_unknown", args.unknowns, args.seed, args.size, overwrite=args.overwrite)
     written = args.per_class * len(load_labels())
     print(f"wrote {written} synthetic images ({args.size} px, seed {args.seed}) to {out}"
           + (f" and {args.unknowns} unknowns to {out / '_unknown'}" if args.unknowns else ""))

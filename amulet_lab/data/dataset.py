@@ -43,6 +43,8 @@ GROUP_FILES = ("groups.json", "groups.csv")
 #: How to say which files belong to one piece: None (a groups file in the root if there is one), a path to
 #: such a file, a mapping of relative path (or file name) to group id, ``"regex:PATTERN"`` applied to the
 #: path relative to the root (group ``group`` or the first group is the id), or a callable ``Path -> id``.
+#: Ids from a file, a mapping or a regex are per class (stored as ``"<class key>:<id>"``); a callable's ids
+#: are used as returned.
 GroupsSpec = Union[None, str, os.PathLike, Mapping[str, str], Callable[[Path], Union[str, None]]]
 
 _SIDE = re.compile(r"(?:^|[^a-z])(front|back)(?:[^a-z]|$)")
@@ -126,6 +128,11 @@ def load_dataset(
     group_of = _group_resolver(base, groups)
 
     split_dirs = {name: base / name for name in SPLIT_NAMES if (base / name).is_dir()}
+    if split_dirs and test_fraction > 0:
+        raise ValidationError(f"{base} is already split into {', '.join(split_dirs)}/ folders; test_fraction="
+                              f"{test_fraction} would be ignored - put the test images in test/ and pass "
+                              "test_fraction=0", field="test_fraction", value=test_fraction,
+                              code="E_DATASET_FRACTION")
     if split_dirs:
         found = {name: _scan_classes(folder, base, by_key, group_of) for name, folder in split_dirs.items()}
         train = found.get("train", [])
@@ -223,7 +230,10 @@ def _mapping_resolver(root: Path, mapping: Mapping[str, str]) -> Callable[[Path,
         found = mapping.get(relative)
         if found is None and relative.split("/", 1)[0] in SPLIT_NAMES:  # a file may list paths without the split
             found = mapping.get(relative.split("/", 1)[1])
-        return found if found is not None else mapping.get(path.name)
+        if found is None:
+            found = mapping.get(path.name)
+        # Ids are per class, as for a regex: "1" in two class folders is two pieces, never one group.
+        return None if found is None else f"{key}:{found}"
 
     return by_mapping
 

@@ -35,6 +35,7 @@ SYNTH_VERSION = 1
 UNKNOWN_KINDS = ("texture", "coin", "noise")
 
 _SIDES = ("front", "back")
+_UNKNOWN_RE = re.compile(r"^(?:" + "|".join(UNKNOWN_KINDS) + r")_\d{4}\.jpg$")
 _FILE_RE = re.compile(r"^(?P<key>[a-z0-9_]+)_(?:front|back)_\d{4}\.jpg$")
 
 # Materials: (name, base RGB range low, high). Clay spans the pale-to-dark earth tones of the real set.
@@ -596,13 +597,32 @@ def _render_unknown(kind: str, size: int, rng: np.random.Generator) -> Image.Ima
                           code="E_SYNTH_ARGUMENT")
 
 
-def synthesize_unknowns(out_dir: str | Path, n: int, seed: int, size: int = 224) -> list[Path]:
-    """Write ``n`` 'not an amulet' images (texture, coin, noise in turn) into ``out_dir`` for rejection checks."""
+def synthesize_unknowns(out_dir: str | Path, n: int, seed: int, size: int = 224, *,
+                        overwrite: bool = False) -> list[Path]:
+    """Write ``n`` 'not an amulet' images (texture, coin, noise in turn) into ``out_dir`` for rejection checks.
+
+    Like ``synthesize``: ``size`` is 32..1024, and a folder already holding unknowns from an earlier run is
+    refused unless ``overwrite`` (then those files go first, so a smaller run leaves no stale ones).
+    """
     import numpy as np
 
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValidationError(f"n must be an integer >= 1, got {n!r}", field="n", value=n, code="E_SYNTH_ARGUMENT")
+    for name, value, low in (("n", n, 1), ("size", size, 32), ("seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValidationError(f"{name} must be an integer >= {low}, got {value!r}", field=name, value=value,
+                                  code="E_SYNTH_ARGUMENT")
+    if size > 1024:
+        raise ValidationError(f"size must be <= 1024, got {size}", field="size", value=size, code="E_SYNTH_ARGUMENT")
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValidationError(f"{out} exists and is not a folder", field="out_dir", value=str(out),
+                              code="E_SYNTH_OUT_DIR")
+    old = sorted(p for p in out.glob("*.jpg") if _UNKNOWN_RE.match(p.name)) if out.is_dir() else []
+    if old and not overwrite:
+        raise ValidationError(f"{out} already holds {len(old)} synthetic unknowns; pass overwrite=True "
+                              "(--overwrite) or choose an empty folder", field="out_dir", value=str(out),
+                              code="E_SYNTH_NOT_EMPTY")
+    for path in old:
+        path.unlink()
     paths = []
     for i in range(n):
         kind = UNKNOWN_KINDS[i % len(UNKNOWN_KINDS)]

@@ -41,6 +41,10 @@ class memory_limit_context:  # noqa: N801 - used like a function: ``with memory_
     - The asynchronous exception lands only when the block's thread next runs Python bytecode; a long C
       call (a numpy operation, a decode) finishes first. A block that sleeps or waits inside C is
       interrupted after it returns.
+    - It can land on *any* bytecode of the block: inside a ``finally``, an ``except`` handler, a ``with``
+      exit or a library's own cleanup code, which is then cut short (a file left open, a lock left held,
+      a half-updated object). Use the context around code whose cleanup you can afford to lose that way
+      (a decode, a batch of numpy work), not around code that must finish its cleanup.
     - Memory that is reserved but not touched (e.g. ``bytearray(n)`` from calloc) is not resident, so it
       does not count until written.
     """
@@ -104,13 +108,16 @@ class memory_limit_context:  # noqa: N801 - used like a function: ``with memory_
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
         assert self._sampler is not None and self._exc_class is not None
-        landed = exc_type is not None and issubclass(exc_type, self._exc_class)
+        landed = False
         try:
+            # Inside the try: the interruption may land on any bytecode of __exit__, this line included.
+            landed = exc_type is not None and issubclass(exc_type, self._exc_class)
             self._sampler.stop()  # after this no new interruption can be scheduled
             if self._fired.is_set() and not landed:
                 _set_async_exc(self._thread_id, None)  # cancel an interruption that has not landed yet
         except self._exc_class:
             landed = False  # it landed here, during exit; it is raised below as an ordinary error
+            self._sampler.stop()  # it may have landed before the first stop finished; stop() is idempotent
         if landed or exc_type is not None:
             return False  # let the block's own exception (ours or another) propagate
         if self.peak_mb > self.limit_mb:

@@ -7,18 +7,21 @@ import ctypes
 import ctypes.util
 import dataclasses
 import gc
-import html
 import logging
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from amulet_lab.display import html_table
 from amulet_lab.errors import ValidationError
 from amulet_lab.memory._sampling import MB, current_process
+
+if TYPE_CHECKING:
+    from amulet_lab.config import Settings
 
 __all__ = [
     "MemoryUsage",
@@ -132,7 +135,8 @@ def gc_responder(level: str, check: dict[str, Any], *, manager: GCManager | None
     return (manager or gc_manager).perform_cleanup()
 
 
-def shrink_caches_responder(caches: Iterable[Any], fraction: float | None = None, *, settings: Any = None) -> Responder:
+def shrink_caches_responder(caches: Iterable[Any], fraction: float | None = None, *,
+                            settings: Settings | None = None) -> Responder:
     """A responder calling ``.shrink(fraction)`` on each cache (default fraction: AMULET_CACHE_SHRINK_FRACTION)."""
     caches = list(caches)
     for cache in caches:
@@ -155,13 +159,25 @@ def shrink_caches_responder(caches: Iterable[Any], fraction: float | None = None
     return shrink_caches
 
 
-def image_cache_responder(level: str, check: dict[str, Any], *, settings: Any = None) -> dict[str, int]:
-    """Built-in responder of the process monitor: shrinks the process image cache if one is in use."""
+def image_cache_responder(level: str, check: dict[str, Any], *, settings: Settings | None = None
+                          ) -> dict[str, int]:
+    """Built-in responder of the process monitor: shrinks the process image cache if one exists (never creates it).
+
+    The share dropped is ``settings.cache_shrink_fraction`` when ``settings`` is given, else the one the
+    monitor put in ``check`` (its own settings), else the process settings.
+    """
     if "amulet_lab.cache" not in sys.modules:
         return {}  # nothing imported the cache module: there is no cache to shrink
-    from amulet_lab.cache import get_image_cache
+    from amulet_lab.cache import peek_image_cache
 
-    return shrink_caches_responder([get_image_cache()], settings=settings)(level, check)
+    cache = peek_image_cache()
+    if cache is None:
+        return {}
+    if settings is not None:
+        fraction = settings.cache_shrink_fraction
+    else:
+        fraction = check.get("cache_shrink_fraction")
+    return shrink_caches_responder([cache], fraction, settings=settings)(level, check)
 
 
 class MemoryMonitor:
@@ -178,7 +194,7 @@ class MemoryMonitor:
 
     def __init__(
         self,
-        settings: Any = None,
+        settings: Settings | None = None,
         *,
         process: Any = None,
         virtual_memory: Callable[[], Any] = psutil.virtual_memory,
@@ -204,6 +220,7 @@ class MemoryMonitor:
         self.interval_s: float | None = None
         self.checks = 0
         self.loop_errors = 0
+        self._last_check: dict[str, Any] | None = None
         if builtin_responders:
             self._responders.append(gc_responder)
 
@@ -233,7 +250,14 @@ class MemoryMonitor:
 
     def check_memory_pressure(self) -> dict[str, Any]:
         """Classify pressure now (see the class docstring for the basis); runs responders if the level rose."""
-        usage = self.get_current_usage()
+        return self._check(self.get_current_usage())
+
+    @property
+    def last_check(self) -> dict[str, Any] | None:
+        """The result of the latest pressure check (None before the first); reading it changes nothing."""
+        return self._last_check
+
+    def _check(self, usage: MemoryUsage) -> dict[str, Any]:
         s = self.settings
         budget = s.memory_budget_mb
         budget_fraction = usage.rss_mb / budget if budget else None
@@ -255,8 +279,11 @@ class MemoryMonitor:
             "budget_mb": budget,
             "warning_threshold": s.memory_warning_threshold,
             "critical_threshold": s.memory_critical_threshold,
+            "cache_shrink_fraction": s.cache_shrink_fraction,  # for responders: the monitor's settings
+            "time": self._timer(),
         }
         with self._lock:
+            self._last_check = check
             self.checks += 1
             previous, self._level = self._level, level
             if level == previous:
@@ -333,19 +360,37 @@ class MemoryMonitor:
                 logger.exception("memory pressure check failed")
 
     def stop(self, timeout: float | None = 10.0) -> None:
-        """Stop periodic monitoring and wait for the thread to end."""
+        """Stop periodic monitoring and wait up to ``timeout`` s for the thread to end.
+
+        A thread still alive after the wait (a responder stuck in a long call) keeps its handle, so
+        ``running`` stays true and ``start()`` does not launch a second loop beside it.
+        """
         self._stop.set()
         thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-        self._thread = None
+        if thread is None:
+            return
+        thread.join(timeout)
+        with self._lock:
+            if thread.is_alive():
+                logger.warning("memory monitor thread did not stop within %ss; it will end after its current check",
+                               timeout)
+            elif self._thread is thread:
+                self._thread = None
 
     # -- reports --------------------------------------------------------------------------------------
     def get_stats(self) -> dict[str, Any]:
-        """For the health report: current usage, a pressure check, the history of level changes."""
-        check = self.check_memory_pressure()
+        """For the health report: current usage, the last pressure check, the history of level changes.
+
+        Reading stats has no side effects: it reports the last check (of ``start()``'s loop or an explicit
+        ``check_memory_pressure()``), so polling /health never runs gc or shrinks caches. Only when no check
+        has ever run is one run, from the same usage reading.
+        """
+        usage = self.get_current_usage()
+        check = self._last_check
+        if check is None:
+            check = self._check(usage)
         return {
-            "current": self.get_current_usage().to_dict(),
+            "current": usage.to_dict(),
             "pressure_check": check,
             "events": list(self.events),
             "monitoring": self.running,
@@ -368,7 +413,5 @@ class MemoryMonitor:
             ("monitoring", f"every {self.interval_s}s" if self.running else "off"),
             ("pressure events", str(len(self.events))),
         ]
-        body = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
-                       for k, v in rows)
-        return f"<table><caption>MemoryMonitor</caption>{body}</table>"
+        return html_table(rows, "MemoryMonitor")
 

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import mmap
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from amulet_lab.errors import ProcessingError, ValidationError
+from amulet_lab.files import existing_file, hash_stream
+from amulet_lab.pixels import check_dimensions, to_rgb
+
+if TYPE_CHECKING:
+    from amulet_lab.config import Settings
 
 __all__ = ["StreamingHandler", "DEFAULT_MAX_SIDE"]
 
@@ -19,17 +23,10 @@ __all__ = ["StreamingHandler", "DEFAULT_MAX_SIDE"]
 DEFAULT_MAX_SIDE = 1024
 
 
-def _existing_file(path: str | os.PathLike[str]) -> Path:
-    p = Path(path)
-    if not p.is_file():
-        raise ValidationError(f"no such file: {p}", field="path", value=str(p), code="E_FILE_NOT_FOUND")
-    return p
-
-
 class StreamingHandler:
     """Reads, maps and hashes files without loading them whole; decodes large images at reduced scale."""
 
-    def __init__(self, settings: Any = None) -> None:
+    def __init__(self, settings: Settings | None = None) -> None:
         if settings is None:
             from amulet_lab.config import get_settings
 
@@ -38,19 +35,20 @@ class StreamingHandler:
 
     def iter_chunks(self, path_or_fileobj: str | os.PathLike[str] | IO[bytes], chunk_size: int | None = None
                     ) -> Iterator[bytes]:
-        """Yield the file's bytes in chunks of ``chunk_size`` (default AMULET_CHUNK_SIZE); a file object stays open."""
+        """Yield the file's bytes in chunks of ``chunk_size`` (default AMULET_CHUNK_SIZE); a file object stays open.
+
+        Arguments are checked here, at the call, not at the first ``next()``: a bad path fails where it is passed.
+        """
         size = self.settings.chunk_size if chunk_size is None else chunk_size
-        if not isinstance(size, int) or size < 1:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValidationError("chunk_size must be a positive int", field="chunk_size", value=size,
                                   code="E_CHUNK_SIZE")
         if hasattr(path_or_fileobj, "read"):
-            yield from iter(lambda: path_or_fileobj.read(size), b"")  # type: ignore[union-attr]
-            return
+            return iter(lambda: path_or_fileobj.read(size), b"")  # type: ignore[union-attr]
         if not isinstance(path_or_fileobj, (str, os.PathLike)):
             raise ValidationError("expected a path or a binary file object", field="path_or_fileobj",
                                   value=type(path_or_fileobj).__name__, code="E_SOURCE_TYPE")
-        with open(_existing_file(path_or_fileobj), "rb") as handle:
-            yield from iter(lambda: handle.read(size), b"")
+        return _file_chunks(existing_file(path_or_fileobj), size)
 
     @contextlib.contextmanager
     def open_mapped(self, path: str | os.PathLike[str]) -> Iterator[mmap.mmap | bytes]:
@@ -59,7 +57,7 @@ class StreamingHandler:
         Both support ``len``, slicing and the buffer protocol. A map's pages are loaded only as they are
         touched and the OS may drop them again, so a large file never has to fit in the heap.
         """
-        p = _existing_file(path)
+        p = existing_file(path)
         size = p.stat().st_size
         if size <= self.settings.mmap_threshold or size == 0:  # an empty file cannot be mapped
             yield p.read_bytes()
@@ -68,20 +66,11 @@ class StreamingHandler:
             yield mapped
 
     def hash_file(self, path: str | os.PathLike[str] | IO[bytes], algo: str = "blake2b") -> str:
-        """Hex digest of the file, read in AMULET_CHUNK_SIZE chunks into one reused buffer."""
-        if algo not in hashlib.algorithms_available:
-            raise ValidationError(f"unknown hash algorithm {algo!r}", field="algo", value=algo, code="E_HASH_ALGO")
-        digest = hashlib.new(algo)
-        buffer = bytearray(self.settings.chunk_size)
-        view = memoryview(buffer)
-        with contextlib.ExitStack() as stack:
-            if hasattr(path, "readinto"):
-                handle = path
-            else:
-                handle = stack.enter_context(open(_existing_file(path), "rb"))  # type: ignore[arg-type]
-            while n := handle.readinto(buffer):  # type: ignore[union-attr]
-                digest.update(view[:n])
-        return digest.hexdigest()
+        """Hex digest of the file, streamed in AMULET_CHUNK_SIZE chunks (``amulet_lab.files.hash_stream``).
+
+        ``blake2b`` gives its full 64-byte digest here (as ``hashlib.new("blake2b")`` does).
+        """
+        return hash_stream(path, algo=algo, digest_size=None, chunk_size=self.settings.chunk_size)
 
     def process_large_image(self, data_or_path: bytes | bytearray | memoryview | str | os.PathLike[str] | IO[bytes],
                             max_side: int = DEFAULT_MAX_SIDE) -> Any:
@@ -91,7 +80,10 @@ class StreamingHandler:
         header without decoding) exceeds AMULET_LARGE_IMAGE_THRESHOLD. A large JPEG is decoded at 1/2, 1/4
         or 1/8 scale by Pillow's ``draft()`` (the DCT scaling of libjpeg), so the full-size pixels never
         exist; other formats decode fully and are then reduced. The result is always reduced to
-        ``max_side`` with ``Image.thumbnail`` (Lanczos). Images over AMULET_MAX_IMAGE_PIXELS are refused.
+        ``max_side`` with ``Image.thumbnail`` (Lanczos). The header's size is checked before decoding
+        (``amulet_lab.pixels.check_dimensions``: a side over AMULET_MAX_IMAGE_SIDE is E_IMAGE_DIMENSIONS, more
+        than AMULET_MAX_IMAGE_PIXELS is a ``SecurityError`` E_IMAGE_BOMB) and the pixels become RGB by
+        ``amulet_lab.pixels.to_rgb``, exactly as in ``security.validate_image``.
         """
         from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -103,7 +95,7 @@ class StreamingHandler:
                 nbytes = len(data_or_path)
                 source: Any = io.BytesIO(data_or_path)  # BytesIO over bytes shares the buffer until written
             elif isinstance(data_or_path, (str, os.PathLike)):
-                p = _existing_file(data_or_path)
+                p = existing_file(data_or_path)
                 nbytes = p.stat().st_size
                 source = stack.enter_context(open(p, "rb"))
             elif hasattr(data_or_path, "read"):
@@ -117,11 +109,8 @@ class StreamingHandler:
             except UnidentifiedImageError as exc:
                 raise ValidationError("not a recognised image", field="data_or_path", code="E_IMAGE_FORMAT") from exc
             width, height = image.size
-            if width * height > self.settings.max_image_pixels:
-                raise ValidationError(
-                    f"image has {width}x{height} = {width * height} pixels, over AMULET_MAX_IMAGE_PIXELS="
-                    f"{self.settings.max_image_pixels}", field="data_or_path", value=f"{width}x{height}",
-                    code="E_IMAGE_TOO_LARGE")
+            check_dimensions(width, height, max_side=self.settings.max_image_side,
+                             max_pixels=self.settings.max_image_pixels, field="data_or_path")
             decoded_bytes = width * height * max(1, len(image.getbands()))
             large = max(nbytes, decoded_bytes) > self.settings.large_image_threshold
             scale = max_side / max(width, height)
@@ -133,9 +122,7 @@ class StreamingHandler:
                 image.load()
             except (OSError, Image.DecompressionBombError) as exc:
                 raise ProcessingError(f"could not decode image: {exc}", stage="decode") from exc
-        image = ImageOps.exif_transpose(image) or image
-        if image.mode != "RGB":
-            image = image.convert("RGB")
+        image = to_rgb(ImageOps.exif_transpose(image) or image)
         image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
         return image
 
@@ -143,3 +130,9 @@ class StreamingHandler:
         s = self.settings
         return (f"StreamingHandler(chunk_size={s.chunk_size}, mmap_threshold={s.mmap_threshold}, "
                 f"large_image_threshold={s.large_image_threshold})")
+
+
+def _file_chunks(path: Path, size: int) -> Iterator[bytes]:
+    """The chunks of an already checked file; the file closes when the generator ends or is closed."""
+    with open(path, "rb") as handle:
+        yield from iter(lambda: handle.read(size), b"")

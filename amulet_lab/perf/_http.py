@@ -8,13 +8,12 @@ aiohttp would be a second HTTP stack for no gain at our request rates.
 Failures become ``NetworkError``: connect errors, timeouts and 502/503/504 answers. Connect errors
 (the request never left) are retryable for every method; timeouts and 502/503/504 only for idempotent
 methods, so a POST is never sent twice by accident. Each attempt goes through the breaker when one is
-given, so an open circuit stops the retries at once (``CircuitOpenError`` is not retryable).
+given, so an open circuit stops the retries at once (``CircuitOpenError`` is not retryable). The loop is
+``RetryPolicy.arun`` (shared with ``retry_on_failure``), so every retry is logged by ``amulet_lab.errors``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Any
 
 import httpx
@@ -141,20 +140,24 @@ class HttpPool:
         return await self.request("POST", url, **kwargs)
 
     async def _with_retry(self, method: str, url: str | httpx.URL, kwargs: dict[str, Any]) -> httpx.Response:
-        policy = self.retry
-        started = time.monotonic()
-        attempt = 1
-        while True:
-            try:
-                if self.breaker is not None:
-                    return await self.breaker.acall(self._send, method, url, kwargs)
-                return await self._send(method, url, kwargs)
-            except Exception as exc:
-                if policy is None or policy.give_up(exc, attempt, started):
-                    raise
-                self._retries += 1
-                attempt += 1
-                await asyncio.sleep(policy.wait(attempt - 1))
+        """One request through ``RetryPolicy.arun`` (waits, give-up and the retry log line live there)."""
+        tries = 0
+
+        async def attempt() -> httpx.Response:
+            nonlocal tries
+            tries += 1
+            if self.breaker is not None:
+                return await self.breaker.acall(self._send, method, url, kwargs)
+            return await self._send(method, url, kwargs)
+
+        if self.retry is None:
+            return await attempt()
+        try:
+            # What is retried is decided by the errors _send raises: NetworkError.retryable is set per method
+            # and failure kind, and an open circuit (CircuitOpenError) is not retryable.
+            return await self.retry.arun(attempt, name=f"HTTP {method} {url}")
+        finally:
+            self._retries += max(0, tries - 1)
 
     async def _send(self, method: str, url: str | httpx.URL, kwargs: dict[str, Any]) -> httpx.Response:
         client = self._client

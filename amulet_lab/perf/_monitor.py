@@ -71,6 +71,8 @@ class PerformanceMonitor:
             op = self._ops.get(name)
             if op is None:
                 op = self._ops[name] = _Op(self.window)
+            if op.count == 0:
+                # The first call, even when record_value created the entry before it (first_start still nan).
                 op.first_start = now - duration_s
             op.count += 1
             if error:

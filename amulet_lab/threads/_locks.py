@@ -68,7 +68,8 @@ class _NamedLock:
             with self._meta:
                 self.stats["timeouts"] += 1
                 self.stats["wait_s"] += waited
-            holder = self.holder_text()
+            # None: the holder got the primitive but has not recorded itself yet (a window of a few bytecodes).
+            holder = self.holder_text() or "an unknown thread (acquiring)"
             raise LockTimeoutError(f"could not acquire {self.kind} {self.name!r} within {timeout}s; held by {holder}",
                                    lock_name=self.name, holder=holder, timeout=timeout)
         with self._meta:
@@ -130,7 +131,7 @@ class _AsyncNamedLock:
                 await self.lock.acquire()
         except TimeoutError:
             self.stats["timeouts"] += 1
-            holder = self.holder_text()
+            holder = self.holder_text() or "an unknown task (acquiring)"
             raise LockTimeoutError(f"could not acquire async lock {self.name!r} within {timeout}s; held by {holder}",
                                    lock_name=self.name, holder=holder, timeout=timeout) from None
         finally:
@@ -251,8 +252,9 @@ def thread_safe_operation(lock_name: str | Callable[..., Any] | None = None, tim
                           manager: LockManager | None = None) -> Any:
     """Decorator: the whole body runs under a named lock, for plain functions and coroutines alike.
 
-    The lock is named ``lock_name`` or, by default, ``module.qualname`` of the function (so two functions
-    that share a ``__name__`` in different modules get different locks). Plain functions take a
+    The lock is named ``lock_name`` or, by default, ``module.qualname#id`` of the function: the id keeps
+    apart functions that share a qualname (two made by one factory, ``make.<locals>.f``), which must not
+    share a lock; pass ``lock_name`` for functions that should. Plain functions take a
     re-entrant thread lock (kind ``rlock``), so a recursive call does not deadlock. Coroutines take the
     asyncio lock of that name in the running loop, held across every await of the body and re-entrant
     for the same task (a task the body spawns is another task and would wait). A timeout raises
@@ -266,7 +268,7 @@ def thread_safe_operation(lock_name: str | Callable[..., Any] | None = None, tim
     _check_timeout(timeout)
 
     def decorate(fn: F) -> F:
-        name = lock_name or f"{fn.__module__}.{fn.__qualname__}"
+        name = lock_name or f"{fn.__module__}.{fn.__qualname__}#{id(fn):x}"
 
         if inspect.iscoroutinefunction(fn):
             @functools.wraps(fn)

@@ -6,9 +6,12 @@ import html
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from amulet_lab.errors import ProcessingError, ValidationError
+
+if TYPE_CHECKING:
+    from amulet_lab.config import Settings
 
 __all__ = ["ThreadPoolManager", "get_thread_pool_manager", "peek_thread_pool_manager"]
 
@@ -23,7 +26,7 @@ class _PoolEntry:
 class ThreadPoolManager:
     """Named ``ThreadPoolExecutor`` pools created on first use, each with AMULET_THREAD_POOL_SIZE workers by default."""
 
-    def __init__(self, settings: Any = None) -> None:
+    def __init__(self, settings: Settings | None = None) -> None:
         if settings is None:
             from amulet_lab.config import get_settings
 
@@ -55,7 +58,11 @@ class ThreadPoolManager:
     def submit(self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         """Run ``fn(*args, **kwargs)`` in pool ``name``; the returned future's outcome is counted."""
         entry = self._entry(name, None)
-        future = entry.executor.submit(fn, *args, **kwargs)
+        try:
+            future = entry.executor.submit(fn, *args, **kwargs)
+        except RuntimeError as exc:  # shutdown() ran between _entry and submit (the executor says so)
+            raise ProcessingError("the thread pool manager has been shut down", stage="threads",
+                                  code="E_POOL_SHUTDOWN", context={"pool": name}) from exc
         with self._lock:
             entry.counts["submitted"] += 1
         future.add_done_callback(lambda f: self._done(entry, f))
@@ -67,9 +74,20 @@ class ThreadPoolManager:
             entry.counts[key] += 1
 
     def map(self, name: str, fn: Callable[[Any], Any], items: Any, *, timeout: float | None = None) -> list[Any]:
-        """``[fn(x) for x in items]`` run in pool ``name``, results in order (the first error is raised)."""
-        futures = [self.submit(name, fn, item) for item in items]
-        return [f.result(timeout=timeout) for f in futures]
+        """``[fn(x) for x in items]`` run in pool ``name``, results in order.
+
+        On the first error (or timeout) the futures not yet started are cancelled, then the error is raised:
+        the rest of a failed batch does not keep the pool busy. ``timeout`` applies to each result.
+        """
+        futures: list[Future[Any]] = []
+        try:
+            for item in items:
+                futures.append(self.submit(name, fn, item))
+            return [f.result(timeout=timeout) for f in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()  # no-op for running or finished ones
+            raise
 
     def stats(self) -> dict[str, Any]:
         """Per pool: workers, submitted, completed, failed, cancelled, pending; and whether shut down."""
@@ -110,7 +128,7 @@ _manager: ThreadPoolManager | None = None
 _manager_lock = threading.Lock()
 
 
-def get_thread_pool_manager(settings: Any = None) -> ThreadPoolManager:
+def get_thread_pool_manager(settings: Settings | None = None) -> ThreadPoolManager:
     """The process-wide pool manager, created on first use or after a shutdown (``settings`` applies then only)."""
     global _manager
     with _manager_lock:
