@@ -1,0 +1,288 @@
+"""``run_benchmarks``: load the classifier and samples, time the reference workload, run the chosen
+scenarios and append one history record per scenario (and variant) of the run.
+
+This is the one place that knows the classifier; ``scenarios`` only knows ``predict``/``predict_batch``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from amulet_lab.bench import scenarios as sc
+from amulet_lab.bench.compare import Comparison, compare
+from amulet_lab.bench.history import History, new_run_id, utc_now
+from amulet_lab.bench.machine import machine_info, reference_workload
+from amulet_lab.config import Settings
+from amulet_lab.errors import ValidationError
+
+__all__ = ["SCENARIOS", "BenchRun", "run_benchmarks", "classifier_memory_stages", "with_cache", "with_private_cache"]
+
+log = logging.getLogger("amulet_lab.bench")
+
+#: Scenario names ``run_benchmarks`` (and ``amulet-lab bench run``) accept.
+SCENARIOS = ("single_stream", "offline", "server", "cache", "memory")
+
+
+@dataclasses.dataclass
+class BenchRun:
+    """One benchmark run: its id, the scenario results, the records appended and the history."""
+
+    run_id: str
+    results: list[sc.ScenarioResult]
+    records: list[dict[str, Any]]
+    history: History | None
+    machine: dict[str, Any]
+    reference: dict[str, Any]
+    seconds: float
+
+    def summary_frame(self):  # -> pandas.DataFrame
+        """Key figures per scenario: rows are scenarios, columns the usual metrics (NaN where n/a)."""
+        import pandas as pd
+
+        cols = ["latency_p50_ms", "latency_p99_ms", "qps", "samples_per_s", "achieved_qps", "max_qps_meeting_bound",
+                "hit_rate", "hit_latency_p50_ms", "miss_latency_p50_ms", "peak_rss_mb", "avg_batch_size"]
+        rows = {r.key: {c: r.metrics.get(c) for c in cols} for r in self.results}
+        frame = pd.DataFrame.from_dict(rows, orient="index", columns=cols).astype(float)
+        return frame.dropna(axis=1, how="all").round(3)
+
+    def stages_frame(self):  # -> pandas.DataFrame
+        """Mean ms per stage, per scenario."""
+        import pandas as pd
+
+        return pd.DataFrame({r.key: r.stages for r in self.results if r.stages}).T.round(3)
+
+    def result(self, key: str) -> sc.ScenarioResult:
+        """The result named ``scenario`` or ``scenario[variant]``."""
+        for r in self.results:
+            if key in (r.key, r.scenario):
+                return r
+        raise ValidationError(f"no result {key!r} in this run", field="key", value=key)
+
+    def figures(self) -> dict[str, Any]:
+        """The figures that fit this run: stages, latency CDF, and server search / cache / memory when run."""
+        from amulet_lab.bench import plots
+
+        figs: dict[str, Any] = {"stages": plots.stage_figure(self.results)}
+        timed = [r for r in self.results if r.latencies_ms and r.scenario != "memory"]
+        if timed:
+            figs["latency"] = plots.latency_figure(timed)
+        for r in self.results:
+            if r.extra.get("search"):
+                figs["server_search"] = plots.server_search_figure(r)
+            if r.scenario == "cache":
+                figs["cache"] = plots.cache_figure(r)
+            if r.scenario == "memory":
+                figs["memory"] = plots.memory_figure(r)
+        return figs
+
+    def comparison(self) -> Comparison:
+        """This run against earlier runs on the same machine in the history."""
+        if self.history is None:
+            return compare(self.records)
+        return compare(self.history.reload(), self.run_id)
+
+    def facts(self) -> str:
+        """Stable facts for a notebook's checked cell (no times or figures that vary run to run)."""
+        return "\n".join([
+            f"scenarios run: {', '.join(r.key for r in self.results)}",
+            f"history records appended: {len(self.records)}",
+            f"figures: {', '.join(self.figures())}",
+            f"every scenario has stage timings: {all(r.stages for r in self.results if r.scenario != 'memory')}",
+        ])
+
+    def _repr_html_(self) -> str:
+        return (
+            f"<p><b>Benchmark run</b> <code>{self.run_id}</code> · {len(self.results)} scenario result(s) in "
+            f"{self.seconds:.1f} s · reference {self.reference['ms']:.3f} ms · {self.machine['cpu_model']} "
+            f"× {self.machine['cores_logical']} · torch {self.machine['torch']} ({self.machine['torch_threads']} threads)</p>"
+            + self.summary_frame().to_html()
+        )
+
+    def __repr__(self) -> str:
+        return f"BenchRun({self.run_id!r}, {[r.key for r in self.results]}, {self.seconds:.1f}s)"
+
+
+def classifier_memory_stages(clf: Any, images: Sequence[bytes], batch_size: int) -> list[tuple[str, Callable[[Any], Any]]]:
+    """The classifier's stages as a chain for ``memory_scenario``: decode -> preprocess -> infer -> postprocess.
+
+    Built from public pieces (``validate_image``, ``images.preprocess``, ``clf.model``, ``clf.temperature``)
+    that do what ``AmuletClassifier.predict_batch`` does, one stage at a time, so each can be measured alone.
+    """
+    import torch
+
+    from amulet_lab.images import preprocess
+    from amulet_lab.security import validate_image
+
+    batch = list(images[:batch_size])
+    if not batch:
+        raise ValidationError("memory stages need at least one image", field="images", code="E_NO_SAMPLES")
+
+    def decode(_: Any) -> list[Any]:
+        return [validate_image(b, settings=clf.settings).image for b in batch]
+
+    def preprocess_(pils: list[Any]) -> Any:
+        return preprocess(pils, clf.spec)
+
+    def infer(x: Any) -> Any:
+        with torch.inference_mode():
+            return clf.model(x)
+
+    def postprocess(logits: Any) -> Any:
+        probs = torch.softmax(logits / clf.temperature, dim=1)
+        return torch.topk(probs, k=min(3, probs.shape[1]), dim=1)
+
+    return [("decode", decode), ("preprocess", preprocess_), ("infer", infer), ("postprocess", postprocess)]
+
+
+def with_cache(clf: Any, cache: Any) -> Any:
+    """The same loaded model with another cache (``False``: none); no reload, no change to ``clf``."""
+    return type(clf)(clf.checkpoint, settings=clf.settings, cache=cache, monitor=clf.monitor)
+
+
+def with_private_cache(clf: Any) -> Any:
+    """The same model with a fresh image cache, so the process-wide cache is neither used nor cleared."""
+    from amulet_lab.cache import ImageCache
+
+    return with_cache(clf, ImageCache(settings=clf.settings))
+
+
+def run_benchmarks(
+    scenarios: Sequence[str] = ("single_stream", "offline"),
+    *,
+    classifier: Any = None,
+    checkpoint: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    history_dir: str | Path | None = None,
+    batch_sizes: Sequence[int] = (1, 8),
+    threads: int = 0,
+    samples: int = 24,
+    min_duration_s: float = 1.0,
+    duration_s: float = 2.0,
+    seed: int = 0,
+    target_qps: float | None = None,
+    latency_bound_ms: float = 200.0,
+    server_threads: int = 2,
+    server_search: bool = True,
+    search_steps: int = 5,
+    repeat_ratio: float = 0.5,
+    cache: bool = False,
+    url: str | None = None,
+    record: bool = True,
+    progress: bool = True,
+    settings: Settings | None = None,
+    timer: Callable[[], float] = time.perf_counter,
+) -> BenchRun:
+    """Run ``scenarios`` on the classifier (default checkpoint) and sample images; append to the history.
+
+    ``samples`` distinct photos are the queries of each scenario; single_stream and offline go on
+    cycling over them for at least ``min_duration_s``. ``threads`` sets torch's intra-op threads for the run (0: leave as is). With ``cache=False`` (the
+    default) the scenarios other than ``cache`` run the same model with no image cache, so every query
+    does the whole work; the ``cache`` scenario always uses a fresh private cache.
+    """
+    import torch
+
+    from amulet_lab.config import get_settings
+
+    settings = settings or get_settings()
+    chosen = list(scenarios)
+    unknown = [s for s in chosen if s not in SCENARIOS]
+    if not chosen or unknown:
+        raise ValidationError(f"unknown scenario(s) {unknown or chosen}; choose from {list(SCENARIOS)}",
+                              field="scenarios", value=chosen)
+    sizes = [sc._check_int("batch_size", b) for b in batch_sizes] or [1]
+    sc._check_int("samples", samples)
+    sc._check_int("threads", threads, 0)
+    sc._check_pos("duration_s", duration_s)
+    if isinstance(min_duration_s, bool) or not isinstance(min_duration_s, (int, float)) or min_duration_s < 0:
+        raise ValidationError("min_duration_s must be a number >= 0", field="min_duration_s", value=min_duration_s)
+    started = timer()
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        # A service under test (url=) needs no local model; every other scenario does.
+        local = url is None or any(name != "server" for name in chosen)
+        if classifier is None and local:
+            from amulet_lab.model import AmuletClassifier
+
+            classifier = AmuletClassifier.from_checkpoint(checkpoint, settings=settings)
+        if data_dir is None:
+            from amulet_lab.data import SAMPLES_DIR
+
+            data_dir = SAMPLES_DIR
+        base = sc.load_images(data_dir, seed=seed)
+        pool = sc.distinct_images(base, samples, seed=seed)
+        # cache=False: the same model without a cache, so every query does the whole work.
+        subject = classifier if cache or classifier is None else with_cache(classifier, False)
+        ref_before = reference_workload()
+        machine = machine_info(torch_threads=threads or None)
+        run_id, stamp = new_run_id(), utc_now().isoformat(timespec="seconds")
+        history = History(history_dir) if history_dir else History.from_settings(settings)
+        results: list[sc.ScenarioResult] = []
+        for name in chosen:
+            if name == "single_stream":
+                results.append(sc.single_stream(subject, pool, queries=samples, min_duration_s=min_duration_s,
+                                                warmup=2, timer=timer, progress=progress))
+            elif name == "offline":
+                for bs in sizes:
+                    results.append(sc.offline(subject, pool, batch_size=bs, queries=samples,
+                                              min_duration_s=min_duration_s, warmup=1, timer=timer, progress=progress))
+            elif name == "server":
+                results.append(_server(subject, pool, settings=settings, target_qps=target_qps,
+                                       latency_bound_ms=latency_bound_ms, duration_s=duration_s,
+                                       threads=server_threads, max_batch=max(sizes), seed=seed, url=url,
+                                       search=server_search, steps=search_steps, progress=progress, timer=timer))
+            elif name == "cache":
+                cached = with_private_cache(classifier)
+                results.append(sc.cache_scenario(cached, base, repeat_ratio=repeat_ratio, queries=max(samples, 20),
+                                                 min_duration_s=min_duration_s, seed=seed, clear=cached.cache.clear,
+                                                 timer=timer, progress=progress))
+            elif name == "memory":
+                bs = max(sizes)
+                results.append(sc.memory_scenario(classifier_memory_stages(subject, pool, bs), timer=timer,
+                                                  params={"batch_size": bs}))
+        # Timed before and after the scenarios; the faster of the two is the machine's speed this run.
+        ref_after = reference_workload()
+        reference = {**ref_before, "ms": min(ref_before["ms"], ref_after["ms"]),
+                     "before_ms": ref_before["ms"], "after_ms": ref_after["ms"]}
+        common = {
+            "run_id": run_id,
+            "timestamp": stamp,
+            "commit": machine["git_commit"],
+            "machine_id": machine["machine_id"],
+            "machine": machine,
+            "reference": {k: round(reference[k], 6) if isinstance(reference[k], float) else reference[k]
+                          for k in ("name", "ms", "before_ms", "after_ms", "torch_threads")},
+            "settings": {"test_preprocess_delay_ms": settings.test_preprocess_delay_ms, "cache": cache,
+                         "torch_threads": torch.get_num_threads()},
+        }
+        for r in results:
+            r.params.setdefault("samples", samples)
+            r.params.setdefault("cache", cache)
+        records = [{**common, **r.to_record()} for r in results]
+        if record:
+            history.extend(records)
+    finally:
+        if threads:
+            torch.set_num_threads(old_threads)
+    seconds = timer() - started
+    log.info("benchmark run %s: %d record(s) in %.1f s", run_id, len(records), seconds)
+    return BenchRun(run_id, results, records, history if record else None, machine, reference, seconds)
+
+
+def _server(clf: Any, pool: list[bytes], *, settings: Settings, target_qps: float | None, latency_bound_ms: float,
+            duration_s: float, threads: int, max_batch: int, seed: int, url: str | None, search: bool, steps: int,
+            progress: bool, timer: Callable[[], float]) -> sc.ScenarioResult:
+    pipeline = None if url else clf
+    common = dict(latency_bound_ms=latency_bound_ms, duration_s=duration_s, threads=threads, max_batch=max_batch,
+                  seed=seed, url=url, settings=settings, timer=timer, progress=progress)
+    if search and target_qps is None:
+        return sc.server_search(pipeline, pool, steps=steps, **common)
+    if target_qps is None:
+        raise ValidationError("server needs target_qps when search is off", field="target_qps")
+    return sc.server(pipeline, pool, target_qps=target_qps, **common)

@@ -1,0 +1,42 @@
+"""Machine info and the reference workload."""
+
+from __future__ import annotations
+
+import pytest
+
+from amulet_lab.bench import machine
+from amulet_lab.errors import ValidationError
+
+
+def test_machine_info_fields():
+    info = machine.machine_info()
+    for key in ("machine_id", "hostname_hash", "cpu_model", "cores_logical", "cores_physical", "python", "torch",
+                "torch_threads", "git_commit", "memory_total_mb", "platform"):
+        assert key in info, key
+    assert len(info["machine_id"]) == 12 and info["machine_id"] == machine.machine_id()
+    assert info["cores_logical"] >= 1 and info["torch_threads"] >= 1
+    assert machine.machine_info(torch_threads=3)["torch_threads"] == 3
+    import socket
+
+    assert socket.gethostname() not in str(info)  # only a hash of the host name is kept
+
+
+def test_git_commit_falls_back_outside_a_checkout(tmp_path):
+    assert machine.git_commit(tmp_path) == "unknown"
+    assert machine.git_commit(tmp_path / "missing") == "unknown"
+
+
+def test_reference_workload_uses_the_given_timer():
+    import torch
+
+    steps = iter([0.0, 0.008, 0.008, 0.024, 0.024, 0.032])  # rounds of 8 calls: 8 ms, 16 ms, 8 ms
+    ref = machine.reference_workload(timer=lambda: next(steps), repeat=3)
+    assert ref["name"] == machine.REFERENCE_NAME
+    assert ref["ms"] == pytest.approx(1.0) and ref["median_ms"] == pytest.approx(1.0)
+    assert ref["rounds_ms"] == [1.0, 2.0, 1.0] and ref["torch_threads"] == 1
+    before = torch.get_num_threads()
+    real = machine.reference_workload(size=64, number=2, repeat=2, threads=2)
+    assert real["ms"] > 0 and real["name"] == "matmul-f32-64-t2-min"
+    assert torch.get_num_threads() == before  # restored
+    with pytest.raises(ValidationError):
+        machine.reference_workload(size=0)

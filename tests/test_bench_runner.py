@@ -1,0 +1,141 @@
+"""``run_benchmarks`` on the real classifier (a tiny seeded checkpoint) and the acceptance check of
+regression detection: a seeded preprocessing delay is flagged, an unchanged rerun is not."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from amulet_lab.bench.compare import compare
+from amulet_lab.bench.history import History
+from amulet_lab.bench.runner import SCENARIOS, run_benchmarks
+from amulet_lab.errors import ValidationError
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A real (untrained, seeded) tiny model: the pipeline's cost, not its accuracy, is under test."""
+    import torch
+
+    from amulet_lab.images import PreprocessSpec
+    from amulet_lab.model import build_model, make_checkpoint, save_checkpoint
+    from amulet_lab.model.checkpoint import project_labels
+
+    torch.manual_seed(0)
+    labels = project_labels()
+    ck = make_checkpoint(build_model("tiny", len(labels)), arch="tiny", arch_kwargs={}, labels=labels,
+                         spec=PreprocessSpec(size=64))
+    return save_checkpoint(ck, tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+
+
+@pytest.fixture(scope="module")
+def classifier(tiny_checkpoint):
+    from amulet_lab.config import load_settings
+    from amulet_lab.model import AmuletClassifier
+
+    return AmuletClassifier.from_checkpoint(tiny_checkpoint, settings=load_settings({}, dotenv=None))
+
+
+@pytest.mark.slow
+def test_every_scenario_runs_and_is_recorded(classifier, tmp_path, settings):
+    shared = classifier.cache.get_stats()
+    run = run_benchmarks(SCENARIOS, classifier=classifier, history_dir=tmp_path, batch_sizes=[1, 2], samples=4, min_duration_s=0.0,
+                         duration_s=0.3, server_threads=1, search_steps=1, threads=1, progress=False, settings=settings)
+    keys = [r.key for r in run.results]
+    assert keys == ["single_stream", "offline[bs=1]", "offline[bs=2]", "server[search]", "cache[r=0.5]", "memory"]
+    lines = (tmp_path / "runs.jsonl").read_text().splitlines()
+    assert len(lines) == len(keys) == len(run.records)
+    rec = json.loads(lines[0])
+    assert rec["run_id"] == run.run_id and rec["scenario"] == "single_stream"
+    assert rec["machine"]["torch_threads"] == 1 and rec["commit"] == rec["machine"]["git_commit"]
+    assert rec["reference"]["ms"] > 0 and rec["params"]["samples"] == 4
+    assert set(rec["stages"]) >= {"decode", "preprocess", "infer", "postprocess"}
+    assert rec["settings"]["test_preprocess_delay_ms"] == 0.0
+    server = run.result("server")
+    assert server.metrics["max_qps_meeting_bound"] >= 0 and len(server.extra["search"]) >= 1
+    cache = run.result("cache")
+    assert cache.metrics["hit_rate"] == pytest.approx(cache.metrics["expected_hit_rate"])
+    assert cache.metrics["hit_rate"] > 0  # the private cache answered the repeats
+    assert set(run.result("memory").metrics) >= {f"peak_rss_mb_{s}" for s in ("decode", "preprocess", "infer", "postprocess")}
+    assert set(run.figures()) == {"stages", "latency", "server_search", "cache", "memory"}
+    assert "history records appended: 6" in run.facts()
+    assert run.summary_frame().shape[0] == 6 and "Benchmark run" in run._repr_html_()
+    # Neither the uncached scenarios nor the cache scenario (private cache) touched the classifier's cache.
+    after = classifier.cache.get_stats()
+    assert (after["hits"], after["misses"]) == (shared["hits"], shared["misses"])
+    assert len(History(tmp_path)) == 6
+
+
+def test_invalid_arguments(classifier, tmp_path):
+    with pytest.raises(ValidationError, match="unknown scenario"):
+        run_benchmarks(["warp"], classifier=classifier, history_dir=tmp_path)
+    with pytest.raises(ValidationError):
+        run_benchmarks(["single_stream"], classifier=classifier, history_dir=tmp_path, samples=0)
+    with pytest.raises(ValidationError):
+        run_benchmarks(["single_stream"], classifier=classifier, history_dir=tmp_path, data_dir=tmp_path / "none")
+    assert not (tmp_path / "runs.jsonl").exists()
+
+
+def test_record_false_leaves_the_history_alone(classifier, tmp_path):
+    run = run_benchmarks(["single_stream"], classifier=classifier, history_dir=tmp_path, samples=2, min_duration_s=0, record=False,
+                         progress=False)
+    assert run.history is None and len(run.records) == 1 and not (tmp_path / "runs.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_seeded_regression_is_flagged_and_unchanged_code_is_not(tiny_checkpoint, tmp_path, settings):
+    """Acceptance: AMULET_TEST_PREPROCESS_DELAY_MS=20 is flagged by compare; a rerun of the same code is not."""
+    from amulet_lab.model import AmuletClassifier
+
+    def bench(delay_ms: float):
+        clf = AmuletClassifier.from_checkpoint(tiny_checkpoint, settings=settings.replace(test_preprocess_delay_ms=delay_ms))
+        return run_benchmarks(["single_stream"], classifier=clf, history_dir=tmp_path, samples=12, min_duration_s=0.5, threads=1,
+                              progress=False, settings=settings)
+
+    bench(0.0)
+    bench(0.0)
+    unchanged = compare(History(tmp_path))
+    assert len(unchanged.baseline_runs) == 1
+    assert unchanged.regressions == [], unchanged.to_text()
+    slow = bench(20.0)
+    flagged = compare(History(tmp_path))
+    assert flagged.run_id == slow.run_id and len(flagged.baseline_runs) == 2
+    metrics = {r.metric for r in flagged.regressions}
+    assert {"latency_p50_ms", "stage_preprocess_ms"} <= metrics, flagged.to_text()
+    # The delay is in preprocessing, and compare points there: the largest change of any stage.
+    stages = [r for r in flagged.rows if r.metric.startswith("stage_") and r.change is not None]
+    assert max(stages, key=lambda r: r.change).metric == "stage_preprocess_ms"
+
+
+def test_server_over_http_needs_no_local_model(tmp_path, settings):
+    """``bench run server --url``: the load goes to a running service; no checkpoint is loaded."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            answer = json.dumps({"front": {"timings": {"decode": 1.5, "infer": 2.5}, "cache_hit": False}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        run = run_benchmarks(["server"], checkpoint=tmp_path / "no-such-model.pt", url=url, target_qps=40,
+                             server_search=False, duration_s=0.2, samples=3, history_dir=tmp_path, progress=False,
+                             settings=settings)
+    finally:
+        server.shutdown()
+        server.server_close()
+    (result,) = run.results
+    assert result.params["url"] == url and result.stages == {"decode": 1.5, "infer": 2.5}
+    assert History(tmp_path).records[0]["params"]["target_qps"] == 40

@@ -1,0 +1,145 @@
+"""The notebooks run, with small parameters, under nbval (``--nbval-lax``).
+
+How the reference outputs come about (the stored notebooks have none): each notebook is prepared
+with papermill (``prepare_only=True``: parameters injected into a copy in tmp_path, history in
+tmp_path), then executed once with papermill; that executed copy is the reference. nbval then
+re-runs the reference in a fresh kernel and compares only the cells marked ``# NBVAL_CHECK_OUTPUT``
+(which print stable facts) after the sanitisers in ``tests/nbval_sanitize.cfg``; every other cell
+must merely run without error. On top of that self-consistency, this module asserts what those
+facts say in the reference (the right scenarios ran, records were appended, ...), and it shows that
+the nbval run can fail: a reference whose checked output was altered must be rejected.
+
+Plots are checked in tests/test_plots.py (nbval skips images).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from amulet_lab.config import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow
+
+NOTEBOOKS = PROJECT_ROOT / "notebooks"
+NAMES = ["01_classify.ipynb", "02_profile.ipynb", "03_benchmark.ipynb", "04_report.ipynb"]
+SANITIZE = Path(__file__).with_name("nbval_sanitize.cfg")
+
+
+def _tiny_checkpoint(path: Path) -> Path:
+    """A real, untrained, seeded tiny model: quick to run, independent of the default model's training."""
+    import torch
+
+    from amulet_lab.images import PreprocessSpec
+    from amulet_lab.model import build_model, make_checkpoint, save_checkpoint
+    from amulet_lab.model.checkpoint import project_labels
+
+    torch.manual_seed(0)
+    labels = project_labels()
+    ck = make_checkpoint(build_model("tiny", len(labels)), arch="tiny", arch_kwargs={}, labels=labels,
+                         spec=PreprocessSpec(size=64))
+    return save_checkpoint(ck, path)
+
+
+def _small_parameters(history_dir: Path, checkpoint: Path) -> dict[str, dict]:
+    ck = str(checkpoint)
+    return {
+        "01_classify.ipynb": {"checkpoint": ck},
+        "02_profile.ipynb": {"checkpoint": ck, "samples": 4, "batch_size": 2},
+        "03_benchmark.ipynb": {"checkpoint": ck, "scenarios": ["single_stream", "offline"], "batch_sizes": [2],
+                               "samples": 4, "min_duration_s": 0.0, "duration_s": 0.5, "history_dir": str(history_dir)},
+        "04_report.ipynb": {"history_dir": str(history_dir)},
+    }
+
+
+def _checked_text(path: Path) -> list[str]:
+    """The stdout of the cells marked NBVAL_CHECK_OUTPUT, in order."""
+    nb = nbformat.read(path, as_version=4)
+    out = []
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "# NBVAL_CHECK_OUTPUT" in cell.source:
+            out.append("".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream"))
+    return out
+
+
+def _nbval(paths: list[Path], cwd: Path) -> subprocess.CompletedProcess:
+    (cwd / "pytest.ini").write_text("[pytest]\naddopts =\n")  # not the project's config: these are not our tests
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "--nbval-sanitize-with", str(SANITIZE),
+         "-p", "no:cacheprovider", "-q", "-x", *map(str, paths)],
+        cwd=cwd, capture_output=True, text=True, timeout=240,
+    )
+
+
+def test_notebooks_are_stored_clean():
+    for name in NAMES:
+        nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert all(c.outputs == [] and c.execution_count is None for c in code), f"{name} has stored outputs"
+        assert sum("parameters" in c.metadata.get("tags", []) for c in code) == 1, f"{name}: one parameters cell"
+        assert any("# NBVAL_CHECK_OUTPUT" in c.source for c in code), f"{name}: no checked cell"
+        thin = [c for c in code if len(c.source.splitlines()) > 6 and "parameters" not in c.metadata.get("tags", [])]
+        assert not thin, f"{name}: code cells should be thin calls into amulet_lab: {thin[0].source[:80]!r}"
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory):
+    import papermill as pm
+
+    from amulet_lab.bench.report import kernel_name
+
+    work = tmp_path_factory.mktemp("notebooks")
+    history = work / "history"
+    committed = PROJECT_ROOT / "reports" / "history"
+    before = {p.name: p.read_bytes() for p in committed.glob("*.jsonl")}
+    refs = {}
+    checkpoint = _tiny_checkpoint(work / "tiny.pt")
+    for name, params in _small_parameters(history, checkpoint).items():
+        prepared = work / f"prepared-{name}"
+        pm.execute_notebook(str(NOTEBOOKS / name), str(prepared), parameters=params, prepare_only=True)
+        refs[name] = work / name
+        pm.execute_notebook(str(prepared), str(refs[name]), kernel_name=kernel_name(), cwd=str(work), progress_bar=False)
+    after = {p.name: p.read_bytes() for p in committed.glob("*.jsonl")}
+    assert after == before, "the notebook tests must never touch the committed reports/history"
+    return work, refs, history
+
+
+def test_reference_runs_state_the_expected_facts(references):
+    _, refs, history = references
+    (classify, gallery) = _checked_text(refs["01_classify.ipynb"])
+    assert "prediction: " in classify and "stages timed: decode, preprocess, infer" in classify
+    assert any(w in classify for w in ("band: Reliable", "band: Check with an expert", "band: Retake the photo"))
+    assert "most uncertain first: True" in gallery
+    (profile,) = _checked_text(refs["02_profile.ipynb"])
+    assert "photos profiled: 4" in profile and "memory stages: decode, preprocess, infer, postprocess" in profile
+    (bench,) = _checked_text(refs["03_benchmark.ipynb"])
+    assert "scenarios run: single_stream, offline[bs=2]" in bench and "history records appended: 2" in bench
+    (report,) = _checked_text(refs["04_report.ipynb"])
+    assert "scenarios in the latest run: offline, single_stream" in report and "corrupt lines skipped: 0" in report
+    lines = (history / "runs.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and {json.loads(x)["scenario"] for x in lines} == {"single_stream", "offline"}
+
+
+def test_notebooks_pass_nbval(references):
+    work, refs, _ = references
+    done = _nbval([refs[n] for n in NAMES], work)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert f"{len(NAMES)} passed" in done.stdout or "passed" in done.stdout
+
+
+def test_nbval_fails_when_a_checked_output_differs(references):
+    work, refs, _ = references
+    nb = nbformat.read(refs["04_report.ipynb"], as_version=4)
+    cell = next(c for c in nb.cells if "# NBVAL_CHECK_OUTPUT" in c.source)
+    cell.outputs[0]["text"] = cell.outputs[0]["text"].replace("corrupt lines skipped: 0", "corrupt lines skipped: 7")
+    tampered = work / "tampered" / "04_report.ipynb"
+    tampered.parent.mkdir()
+    nbformat.write(nb, tampered)
+    done = _nbval([tampered], tampered.parent)
+    assert done.returncode != 0
+    assert "Cell outputs differ" in done.stdout and "skipped: 7" in done.stdout
