@@ -40,3 +40,20 @@ def test_reference_workload_uses_the_given_timer():
     assert torch.get_num_threads() == before  # restored
     with pytest.raises(ValidationError):
         machine.reference_workload(size=0)
+
+
+def test_git_commit_marks_uncommitted_changes(tmp_path):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "f.txt").write_text("a")
+    git("add", "f.txt")
+    git("commit", "-qm", "one")
+    clean = machine.git_commit(tmp_path)
+    assert len(clean) == 40 and not clean.endswith("-dirty")
+    (tmp_path / "f.txt").write_text("b")
+    assert machine.git_commit(tmp_path) == clean + "-dirty"

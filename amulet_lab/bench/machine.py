@@ -40,15 +40,23 @@ def cpu_model() -> str:
 
 
 def git_commit(root: str | Path = PROJECT_ROOT) -> str:
-    """The checkout's commit (``git rev-parse HEAD``), or ``"unknown"`` outside a git checkout."""
-    try:
-        done = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=False
-        )
-    except (FileNotFoundError, subprocess.TimeoutExpired, NotADirectoryError):  # no git binary / hung / no root
+    """The checkout's commit (``git rev-parse HEAD``, ``-dirty`` appended when tracked files are modified),
+    or ``"unknown"`` outside a git checkout."""
+
+    def git(*args: str) -> subprocess.CompletedProcess[str] | None:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=5, check=False)
+        except (FileNotFoundError, subprocess.TimeoutExpired, NotADirectoryError):  # no git binary / hung / no root
+            return None
+
+    done = git("rev-parse", "HEAD")
+    commit = done.stdout.strip() if done is not None and done.returncode == 0 else ""
+    if not commit:
         return "unknown"
-    commit = done.stdout.strip()
-    return commit if done.returncode == 0 and commit else "unknown"
+    # A run of uncommitted code must not be filed under the commit it started from.
+    status = git("status", "--porcelain", "--untracked-files=no")
+    dirty = status is not None and status.returncode == 0 and bool(status.stdout.strip())
+    return f"{commit}-dirty" if dirty else commit
 
 
 def _hash(text: str, n: int = 12) -> str:
