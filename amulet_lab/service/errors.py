@@ -25,11 +25,9 @@ log = logging.getLogger("amulet_lab.service")
 #: Codes of our error tree that mean something more precise than 400.
 _CODE_STATUS: dict[str, int] = {
     "E_UPLOAD_TOO_LARGE": 413,
-    "E_IMAGE_TOO_LARGE": 413,
-    "E_FILE_TOO_LARGE": 413,
+    "E_IMAGE_TOO_LARGE": 413,  # validate_image: the file is over max_upload_bytes
     "E_UNSUPPORTED_MEDIA_TYPE": 415,
-    "E_IMAGE_FORMAT": 415,
-    "E_UNSUPPORTED_FORMAT": 415,
+    "E_IMAGE_SIGNATURE": 415,  # validate_image: not one of the allowed image formats
     "E_AUTH_REQUIRED": 401,
     "E_AUTH_INVALID": 401,
     "E_AUTH_EXPIRED": 401,

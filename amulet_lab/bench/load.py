@@ -1,0 +1,277 @@
+"""A bounded closed-loop load test of the HTTP service on loopback.
+
+``clients`` concurrent clients each send ``POST /predict`` back to back for ``duration_s``
+seconds through one ``amulet_lab.perf.HttpPool`` (retry on connect errors, circuit breaker).
+Each client has its own token, so each has its own rate-limit bucket; a 429 is honoured
+(the client waits ``Retry-After``, bounded by the end of the run) and counted, not lost.
+
+Without ``url`` a service is started for the run in a child process (``ServerProcess``)
+with a fresh secret key and a rate limit the clients stay under, and stopped afterwards.
+
+A request is *lost* when it got no HTTP answer at all (transport failure after the retries,
+or the breaker refused it). The run passes when nothing was lost and no answer was a 5xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+import secrets
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from amulet_lab.config import Settings, get_settings
+from amulet_lab.errors import CircuitBreaker, CircuitOpenError, NetworkError, RetryPolicy, ValidationError
+
+__all__ = ["LoadResult", "run_load", "arun_load", "sample_images"]
+
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+
+
+@dataclasses.dataclass
+class LoadResult:
+    """What a load run measured."""
+
+    url: str
+    duration_s: float
+    clients: int
+    sent: int
+    answered: int
+    ok: int
+    lost: int
+    server_errors: int
+    rate_limited: int
+    status_counts: dict[int, int]
+    latencies_ms: list[float] = dataclasses.field(repr=False)
+    pool_stats: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+    lost_reasons: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def throughput_rps(self) -> float:
+        """Successful answers per second of the run."""
+        return self.ok / self.duration_s if self.duration_s > 0 else 0.0
+
+    def percentile_ms(self, q: float) -> float:
+        """Latency percentile of successful (200) requests (nan when none)."""
+        if not self.latencies_ms:
+            return math.nan
+        ordered = sorted(self.latencies_ms)
+        rank = (len(ordered) - 1) * q / 100.0
+        low, high = math.floor(rank), math.ceil(rank)
+        return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+    @property
+    def passed(self) -> bool:
+        """No request lost and no 5xx answer."""
+        return self.lost == 0 and self.server_errors == 0 and self.sent > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (without the raw latencies)."""
+        return {
+            "url": self.url,
+            "duration_s": round(self.duration_s, 3),
+            "clients": self.clients,
+            "sent": self.sent,
+            "answered": self.answered,
+            "ok": self.ok,
+            "lost": self.lost,
+            "lost_reasons": dict(self.lost_reasons),
+            "server_errors": self.server_errors,
+            "rate_limited": self.rate_limited,
+            "status_counts": {str(k): v for k, v in sorted(self.status_counts.items())},
+            "throughput_rps": round(self.throughput_rps, 3),
+            "p50_ms": round(self.percentile_ms(50), 2),
+            "p95_ms": round(self.percentile_ms(95), 2),
+            "p99_ms": round(self.percentile_ms(99), 2),
+            "max_ms": round(max(self.latencies_ms), 2) if self.latencies_ms else math.nan,
+            "pool": self.pool_stats,
+            "passed": self.passed,
+        }
+
+    def to_text(self) -> str:
+        """A short plain-text report."""
+        d = self.to_dict()
+        return "\n".join(
+            [
+                f"== load {d['url']}  {d['clients']} clients, {d['duration_s']} s",
+                f"  sent {d['sent']}  answered {d['answered']}  ok {d['ok']}  lost {d['lost']}  "
+                f"5xx {d['server_errors']}  429 {d['rate_limited']}",
+                f"  throughput {d['throughput_rps']} req/s   p50 {d['p50_ms']} ms   p95 {d['p95_ms']} ms   "
+                f"p99 {d['p99_ms']} ms   max {d['max_ms']} ms",
+                f"  statuses {d['status_counts']}   {'PASS' if d['passed'] else 'FAIL'}",
+            ]
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<LoadResult {self.url} ok={self.ok} lost={self.lost} 5xx={self.server_errors} "
+            f"{self.throughput_rps:.1f} req/s p95={self.percentile_ms(95):.1f} ms>"
+        )
+
+
+def sample_images(root: str | Path | None = None, *, limit: int = 32) -> list[bytes]:
+    """The bytes of up to ``limit`` images under ``root`` (default: the committed samples)."""
+    if root is None:
+        from amulet_lab.data import SAMPLES_DIR
+
+        root = SAMPLES_DIR
+    folder = Path(root)
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES)[:limit]
+    if not paths:
+        raise ValidationError(f"no images under {folder}", field="root", value=str(folder), code="E_NO_SAMPLES")
+    return [p.read_bytes() for p in paths]
+
+
+async def arun_load(
+    url: str,
+    images: Sequence[bytes],
+    *,
+    duration_s: float = 30.0,
+    clients: int = 8,
+    tokens: Sequence[str | None] | None = None,
+    settings: Settings | None = None,
+    timer: Callable[[], float] = time.perf_counter,
+) -> LoadResult:
+    """Drive ``url`` with ``clients`` closed-loop clients for ``duration_s`` seconds."""
+    from amulet_lab.perf import HttpPool, PerformanceMonitor
+
+    if not images:
+        raise ValidationError("need at least one image to send", field="images", value=0)
+    if not 0 < duration_s <= 3600 or clients < 1:
+        raise ValidationError("duration_s must be in (0, 3600] and clients >= 1", field="duration_s",
+                              value=(duration_s, clients))
+    tokens = list(tokens) if tokens is not None else [None] * clients
+    statuses: Counter[int] = Counter()
+    lost_reasons: Counter[str] = Counter()
+    latencies: list[float] = []
+    counts = {"sent": 0, "lost": 0, "rate_limited": 0}
+    breaker = CircuitBreaker(failure_threshold=10, timeout=2.0, name="load")
+    pool = HttpPool(
+        url.rstrip("/"),
+        settings=settings,
+        max_connections=clients,
+        timeout=30.0,
+        retry=RetryPolicy(max_retries=2, delay=0.05, max_delay=0.5),
+        breaker=breaker,
+        monitor=PerformanceMonitor(),  # this run's own figures, not the process-wide monitor's
+    )
+    started = timer()
+    deadline = started + duration_s
+
+    async def client(i: int) -> None:
+        headers = {"Authorization": f"Bearer {tokens[i % len(tokens)]}"} if tokens[i % len(tokens)] else {}
+        n = i
+        while timer() < deadline:
+            data = images[n % len(images)]
+            n += clients
+            counts["sent"] += 1
+            t0 = timer()
+            try:
+                response = await pool.post("/predict", files={"front": ("front.jpg", data, "image/jpeg")}, headers=headers)
+            except NetworkError as exc:
+                status = exc.context.get("status")
+                if isinstance(status, int):  # an answer, a 502/503/504 the pool turned into an error
+                    statuses[status] += 1
+                else:
+                    counts["lost"] += 1
+                    lost_reasons[exc.code] += 1
+                continue
+            except CircuitOpenError:
+                counts["lost"] += 1
+                lost_reasons["E_CIRCUIT_OPEN"] += 1
+                await asyncio.sleep(min(0.2, max(0.0, deadline - timer())))
+                continue
+            statuses[response.status_code] += 1
+            if response.status_code == 200:
+                latencies.append((timer() - t0) * 1000.0)
+            if response.status_code == 429:
+                counts["rate_limited"] += 1
+                wait = float(response.headers.get("Retry-After", "1"))
+                await asyncio.sleep(min(wait, max(0.0, deadline - timer())))
+
+    async with pool:
+        await asyncio.gather(*(client(i) for i in range(clients)))
+        pool_stats = pool.stats()
+    elapsed = timer() - started
+    answered = sum(statuses.values())
+    return LoadResult(
+        url=url,
+        duration_s=elapsed,
+        clients=clients,
+        sent=counts["sent"],
+        answered=answered,
+        ok=statuses.get(200, 0),
+        lost=counts["lost"],
+        server_errors=sum(v for k, v in statuses.items() if k >= 500),
+        rate_limited=counts["rate_limited"],
+        status_counts=dict(statuses),
+        latencies_ms=latencies,
+        pool_stats=pool_stats,
+        lost_reasons=dict(lost_reasons),
+    )
+
+
+def run_load(
+    url: str | None = None,
+    *,
+    duration_s: float = 30.0,
+    clients: int = 8,
+    image_path: str | Path | None = None,
+    images: Sequence[bytes] | None = None,
+    token: str | None = None,
+    settings: Settings | None = None,
+    server_env: dict[str, str] | None = None,
+    cold_cache: bool = False,
+    warmup_s: float = 0.5,
+) -> LoadResult:
+    """Run a load test against ``url``, or against a service started for the run when ``url`` is None.
+
+    ``cold_cache`` (started service only) shrinks its image cache to one entry, so the rotating sample
+    images miss it and every request pays for decoding, preprocessing and inference.
+    """
+    settings = settings or get_settings()
+    if images is None:
+        images = [Path(image_path).read_bytes()] if image_path else sample_images()
+    if url is not None:
+        if token:
+            tokens: list[str | None] = [token]
+        elif settings.secret_key:
+            from amulet_lab.service.auth import issue_token
+
+            tokens = [issue_token(f"load-{i}", 3600, settings) for i in range(clients)]
+        else:
+            tokens = [None]
+        return asyncio.run(arun_load(url, images, duration_s=duration_s, clients=clients, tokens=tokens, settings=settings))
+
+    from amulet_lab.service.auth import issue_token
+    from amulet_lab.service.server import ServerProcess
+
+    secret = secrets.token_urlsafe(32)
+    env = {
+        "AMULET_SECRET_KEY": secret,
+        "AMULET_DEBUG": "false",
+        "AMULET_REQUIRE_AUTH": "true",
+        # Every client has its own bucket; the limit sits well above what one client can send, so the
+        # run measures the service, not the limiter (the limiter has its own tests).
+        "AMULET_RATE_LIMIT_PER_MINUTE": "600000",
+        "AMULET_RATE_LIMIT_BURST": "10000",
+        "AMULET_LOG_LEVEL": "WARNING",
+        **({"AMULET_MODEL_PATH": settings.model_path} if settings.model_path else {}),
+        **({"AMULET_IMAGE_CACHE_SIZE": "1"} if cold_cache else {}),
+        **(server_env or {}),
+    }
+    client_settings = settings.replace(secret_key=env["AMULET_SECRET_KEY"])
+    tokens = [issue_token(f"load-{i}", 3600, client_settings) for i in range(clients)]
+    with ServerProcess(env, wait_ready=True, startup_timeout=120.0) as server:
+        if warmup_s > 0:
+            # The first predictions pay for lazy initialisation; they are not part of the figures.
+            asyncio.run(
+                arun_load(server.url, images[:1], duration_s=warmup_s, clients=1, tokens=tokens[:1], settings=settings)
+            )
+        return asyncio.run(
+            arun_load(server.url, images, duration_s=duration_s, clients=clients, tokens=tokens, settings=settings)
+        )

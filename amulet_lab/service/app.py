@@ -1,0 +1,290 @@
+"""``create_app``: the FastAPI service, with its parts passed in rather than found globally.
+
+    POST /predict        multipart front (required) and back (optional) -> the classifier's JSON
+    GET  /health         the health report (amulet_lab.health), always 200 while the process answers
+    GET  /health/live    200 while the event loop runs
+    GET  /health/ready   200 once the classifier is loaded, else 503
+    GET  /metrics        Prometheus text (the app's own registry)
+
+The classifier is either given (tests, notebooks) or loaded from the checkpoint in the
+lifespan handler, in a worker thread, so ``/health/live`` answers while it loads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse, Response
+
+from amulet_lab.config import Settings, get_settings
+from amulet_lab.errors import CircuitBreaker, ModelError, SecurityError, ValidationError
+from amulet_lab.service.errors import ApiError, install_error_handlers
+from amulet_lab.service.metrics import CONTENT_TYPE_LATEST, MetricSources, ServiceMetrics
+from amulet_lab.service.middleware import ServiceMiddleware
+from amulet_lab.service.ratelimit import RateLimiter
+from amulet_lab.service.uploads import read_uploads
+
+__all__ = ["create_app", "ServiceState"]
+
+log = logging.getLogger("amulet_lab.service")
+
+UPLOAD_FIELDS = ("front", "back")
+
+
+class ServiceState:
+    """Everything one app instance holds: settings, classifier, limiter, metrics, monitors, breaker."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        classifier: Any = None,
+        *,
+        timer: Callable[[], float] = time.monotonic,
+        memory_monitor: Any = None,
+        image_cache: Any = None,
+    ) -> None:
+        from amulet_lab.perf import PerformanceMonitor
+
+        self.settings = settings
+        self.classifier = classifier
+        self.load_error: str | None = None
+        self.loading = False
+        self.timer = timer
+        self.started_at = timer()
+        self.limiter = RateLimiter.from_settings(settings, timer=timer)
+        # A separate monitor per app: its counts are this service's requests, not every timed call in the process.
+        self.perf = PerformanceMonitor()
+        # Repeated model failures open the circuit: clients get a fast 503 instead of a queue of slow 500s.
+        self.breaker = CircuitBreaker(failure_threshold=5, timeout=30.0, name="model", timer=timer)
+        self._memory_monitor = memory_monitor
+        self._image_cache = image_cache
+        # Inference is CPU-bound: at most thread_pool_size requests run the model at once, the rest wait.
+        self.inference_limiter = anyio.CapacityLimiter(settings.thread_pool_size)
+        self.metrics = ServiceMetrics(
+            MetricSources(
+                cache_stats=lambda: self.image_cache.get_stats(),
+                breakers=lambda: [self.breaker],
+                memory_rss_bytes=lambda: self.memory_monitor.get_current_usage().rss_mb * 1024 * 1024,
+                model_loaded=lambda: self.classifier is not None,
+            )
+        )
+
+    @property
+    def memory_monitor(self) -> Any:
+        """The memory monitor given, else the process-wide one."""
+        if self._memory_monitor is None:
+            from amulet_lab.memory import memory_monitor
+
+            self._memory_monitor = memory_monitor
+        return self._memory_monitor
+
+    @property
+    def image_cache(self) -> Any:
+        """The cache given, else the classifier's image cache, else the process-wide image cache."""
+        if self._image_cache is not None:
+            return self._image_cache
+        cache = getattr(self.classifier, "cache", None)
+        if cache is None:
+            from amulet_lab.cache import get_image_cache
+
+            cache = get_image_cache(self.settings)
+        return cache
+
+    def observe(self, method: str, route: str, status: int, duration_s: float) -> None:
+        """Record one answered request (metrics and the monitor behind /health)."""
+        self.metrics.observe(method, route, status, duration_s)
+        self.perf.record(f"http.{route}", duration_s, error=status >= 500)
+
+    def model_status(self) -> dict[str, Any]:
+        """The classifier's status, or why there is none yet."""
+        if self.classifier is not None:
+            status = dict(self.classifier.model_status())
+            status.setdefault("loaded", True)
+            return status
+        return {"loaded": False, "loading": self.loading, "error": self.load_error}
+
+    def require_classifier(self) -> Any:
+        """The classifier, or a 503 while it is loading or after it failed to load."""
+        if self.classifier is None:
+            why = "is still loading" if self.loading else f"could not be loaded ({self.load_error})"
+            raise ApiError(503, "E_MODEL_UNAVAILABLE", f"The model {why}.", headers={"Retry-After": "5"})
+        return self.classifier
+
+    async def load_classifier(self) -> None:
+        """Load the classifier from the configured checkpoint in a worker thread."""
+        self.loading = True
+        try:
+            from amulet_lab.model import AmuletClassifier
+
+            self.classifier = await anyio.to_thread.run_sync(
+                lambda: AmuletClassifier.from_checkpoint(None, settings=self.settings)
+            )
+            log.info("model loaded: %s", self.classifier)
+        except ModelError as exc:
+            # Clients see the code only (the message names server paths); the log has it all.
+            self.load_error = exc.code
+            log.error("model could not be loaded: %s: %s", exc.code, exc.message)
+        except Exception as exc:
+            # Not swallowed: logged with its traceback and reported (by type) on /health and /health/ready.
+            # The process keeps serving live/health so an operator can see why it is not ready.
+            self.load_error = type(exc).__name__
+            log.exception("model loading failed unexpectedly")
+        finally:
+            self.loading = False
+
+    def health(self) -> dict[str, Any]:
+        """The health report of this service."""
+        from amulet_lab.health import build_health_report
+        from amulet_lab.threads import get_stats as thread_stats
+
+        return build_health_report(
+            model_status=self.model_status(),
+            perf_stats=self.perf.get_stats(),
+            uptime_s=self.timer() - self.started_at,
+            memory_monitor=self.memory_monitor,
+            cache_stats=self.image_cache.get_stats,
+            thread_stats=thread_stats,
+        )
+
+    def __repr__(self) -> str:
+        return f"<ServiceState model_loaded={self.classifier is not None} {self.limiter!r}>"
+
+
+def _require_scope(request: Request, state: ServiceState, scope: str) -> None:
+    claims = request.state.claims
+    if claims is None:
+        if state.settings.require_auth:
+            raise ApiError(
+                401,
+                "E_AUTH_REQUIRED",
+                "This endpoint needs a bearer token (Authorization: Bearer <token>).",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return
+    if not claims.allows(scope):
+        raise ApiError(403, "E_AUTH_SCOPE", f"The token does not grant {scope!r}.", details={"required_scope": scope})
+
+
+def create_app(
+    settings: Settings | None = None,
+    classifier: Any = None,
+    *,
+    timer: Callable[[], float] = time.monotonic,
+    wall: Callable[[], float] = time.time,
+    memory_monitor: Any = None,
+    image_cache: Any = None,
+) -> FastAPI:
+    """The service app; refuses to build without a proper secret key unless ``settings.debug``."""
+    settings = settings or get_settings()
+    settings.require_secret_key()
+    state = ServiceState(settings, classifier, timer=timer, memory_monitor=memory_monitor, image_cache=image_cache)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = None
+        if state.classifier is None:
+            state.loading = True  # ready stays 503 from the first request on, until the task finishes
+            task = asyncio.create_task(state.load_classifier())
+        try:
+            yield
+        finally:
+            if task is not None and not task.done():
+                task.cancel()
+
+    app = FastAPI(
+        title="amulet-lab",
+        version=_version(),
+        lifespan=lifespan,
+        docs_url="/docs" if settings.debug else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if settings.debug else None,
+    )
+    app.state.service = state
+    install_error_handlers(app)
+    app.add_middleware(ServiceMiddleware, state=state, wall=wall)
+
+    @app.post("/predict")
+    async def predict(request: Request, top_k: int = Query(3, ge=1, le=20)) -> JSONResponse:
+        """Classify the uploaded front (and optional back) photo."""
+        _require_scope(request, state, "predict")
+        parts = await read_uploads(
+            request.stream(),
+            request.headers,
+            fields=UPLOAD_FIELDS,
+            required=("front",),
+            max_upload_bytes=settings.max_upload_bytes,
+        )
+        classifier = state.require_classifier()
+        from amulet_lab.security import validate_image
+
+        validated = {}
+        for name, upload in parts.items():
+            try:
+                validated[name] = await anyio.to_thread.run_sync(
+                    lambda u=upload: validate_image(u.data, filename=u.filename, settings=settings)
+                )
+            except (ValidationError, SecurityError) as exc:
+                exc.context.setdefault("upload", name)  # which of the two files was refused
+                raise
+        # The classifier gets the bytes, not the decoded image: its image cache is keyed by content, so a
+        # repeated photo skips decoding and preprocessing (a miss decodes once more, a few ms).
+        front = parts["front"].data
+        back = parts["back"].data if "back" in parts else None
+
+        def infer() -> Any:
+            return state.breaker.call(classifier.predict_pair, front, back, top_k=top_k)
+
+        pair = await anyio.to_thread.run_sync(infer, limiter=state.inference_limiter)
+        body = pair.to_dict()
+        body["request_id"] = request.state.request_id
+        body["uploads"] = {
+            name: {"format": v.format, "width": v.width, "height": v.height, "bytes": v.nbytes}
+            for name, v in validated.items()
+        }
+        return JSONResponse(body)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        """The health report (status inside; 200 whenever the process can answer)."""
+        return JSONResponse(await anyio.to_thread.run_sync(state.health))
+
+    @app.get("/health/live")
+    async def live() -> dict[str, str]:
+        """Liveness: the event loop answers."""
+        return {"status": "alive"}
+
+    @app.get("/health/ready")
+    async def ready() -> JSONResponse:
+        """Readiness: 200 once the model is loaded."""
+        if state.classifier is None:
+            status = state.model_status()
+            raise ApiError(
+                503,
+                "E_NOT_READY",
+                "The model is not loaded yet." if state.loading else "The model could not be loaded.",
+                details={"loading": status["loading"], "error": status["error"]},
+                headers={"Retry-After": "5"},
+            )
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics of this app."""
+        _require_scope(request, state, "metrics")
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _version() -> str:
+    from amulet_lab import __version__
+
+    return __version__

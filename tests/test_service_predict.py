@@ -1,0 +1,221 @@
+"""POST /predict with a real (tiny) classifier trained here on the committed samples; model loading; load run."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from amulet_lab.cache import ImageCache
+from amulet_lab.data import SAMPLES_DIR
+from amulet_lab.perf import PerformanceMonitor
+from amulet_lab.service import create_app, issue_token
+
+KEY = "p" * 32
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A tiny real model trained for a few steps on the committed sample photos."""
+    from amulet_lab.model import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("model") / "tiny.pt"
+    config = TrainConfig(arch="tiny", img_size=32, epochs=1, batch_size=8, min_epochs=1, patience=1, feature_views=2)
+    train(SAMPLES_DIR, out=out, config=config, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def images():
+    paths = sorted(p for p in SAMPLES_DIR.rglob("*.jpg"))
+    assert len(paths) >= 2
+    return [p.read_bytes() for p in paths[:2]]
+
+
+@pytest.fixture
+def svc_settings(settings):
+    return settings.replace(secret_key=KEY, rate_limit_burst=1000, rate_limit_per_minute=60000)
+
+
+@pytest.fixture
+def classifier(tiny_checkpoint, svc_settings):
+    from amulet_lab.model import AmuletClassifier
+
+    return AmuletClassifier.from_checkpoint(
+        tiny_checkpoint, settings=svc_settings, cache=ImageCache(max_items=50), monitor=PerformanceMonitor()
+    )
+
+
+@pytest.fixture
+def client(svc_settings, classifier):
+    return TestClient(create_app(svc_settings, classifier), raise_server_exceptions=False)
+
+
+def check_prediction(pred: dict, top_k: int) -> None:
+    assert len(pred["top_k"]) == top_k
+    probabilities = [entry[2] if isinstance(entry, list) else entry["probability"] for entry in pred["top_k"]]
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert 0 < sum(probabilities) <= 1.0 + 1e-6
+    assert pred["confidence_band"] in {"reliable", "verify", "retake"}
+    assert isinstance(pred["is_unknown"], bool)
+    assert {"decode", "preprocess", "infer", "total"} <= set(pred["timings"])
+
+
+def test_predict_front_only(client, images):
+    response = client.post("/predict", files={"front": ("front.jpg", images[0], "image/jpeg")})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    check_prediction(body["front"], 3)
+    assert body["back"] is None and body["agree"] is None
+    assert body["combined"]["label"] == body["front"]["label"]
+    assert body["request_id"] == response.headers["X-Request-ID"]
+    assert body["uploads"]["front"]["format"] == "JPEG"
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_predict_pair_and_top_k(client, images):
+    response = client.post(
+        "/predict?top_k=2", files={"front": ("f.jpg", images[0], "image/jpeg"), "back": ("b.jpg", images[1], "image/jpeg")}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    for side in ("front", "back", "combined"):
+        check_prediction(body[side], 2)
+    assert isinstance(body["agree"], bool)
+    assert body["agree"] == (body["front"]["label"] == body["back"]["label"])
+
+
+def test_repeated_photo_hits_the_cache_and_metrics_show_it(client, images):
+    files = {"front": ("front.jpg", images[0], "image/jpeg")}
+    first = client.post("/predict", files=files).json()
+    second = client.post("/predict", files=files).json()
+    assert first["front"]["cache_hit"] is False and second["front"]["cache_hit"] is True
+    assert second["front"]["label"] == first["front"]["label"]
+    text = client.get("/metrics").text
+    assert "amulet_cache_hits_total 1.0" in text
+    assert "amulet_model_loaded 1.0" in text
+    health = client.get("/health").json()
+    assert health["cache_stats"]["size"] == 1 and health["cache_stats"]["hit_rate"] == 0.5
+    assert health["model_status"]["loaded"] is True and health["model_status"]["arch"] == "tiny"
+    assert client.get("/health/ready").status_code == 200
+
+
+def _envelope(response, status, code):
+    assert response.status_code == status, response.text
+    err = response.json()["error"]
+    assert err["code"] == code and err["request_id"] == response.headers["X-Request-ID"]
+    return err
+
+
+def test_not_an_image_is_415(client):
+    err = _envelope(client.post("/predict", files={"front": ("x.jpg", b"<html>hello</html>", "image/jpeg")}), 415,
+                    "E_IMAGE_SIGNATURE")
+    assert err["details"]["upload"] == "front"
+
+
+def test_truncated_and_oversized_images_are_400(client, images, svc_settings, classifier):
+    _envelope(client.post("/predict", files={"front": ("t.jpg", images[0][: len(images[0]) // 2], "image/jpeg")}), 400,
+              "E_IMAGE_TRUNCATED")
+    small = TestClient(create_app(svc_settings.replace(max_image_side=16), classifier), raise_server_exceptions=False)
+    err = _envelope(small.post("/predict", files={"back": ("b.jpg", images[1]), "front": ("f.jpg", images[0])}), 400,
+                    "E_IMAGE_DIMENSIONS")
+    assert err["details"]["upload"] in ("front", "back")
+
+
+def test_decompression_bomb_is_refused(client, svc_settings, classifier):
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (400, 400)).save(buffer, format="PNG")
+    guarded = TestClient(create_app(svc_settings.replace(max_image_pixels=10_000), classifier),
+                         raise_server_exceptions=False)
+    err = _envelope(guarded.post("/predict", files={"front": ("bomb.png", buffer.getvalue())}), 400, "E_IMAGE_BOMB")
+    assert err["details"]["severity"] in ("medium", "high", "critical")
+
+
+def test_predict_with_required_auth(svc_settings, classifier, images):
+    s = svc_settings.replace(require_auth=True)
+    client = TestClient(create_app(s, classifier), raise_server_exceptions=False)
+    files = {"front": ("front.jpg", images[0], "image/jpeg")}
+    _envelope(client.post("/predict", files=files), 401, "E_AUTH_REQUIRED")
+    ok = client.post("/predict", files=files, headers={"Authorization": f"Bearer {issue_token('app', 60, s)}"})
+    assert ok.status_code == 200
+    metrics_only = issue_token("ops", 60, s, scopes=["metrics"])
+    _envelope(client.post("/predict", files=files, headers={"Authorization": f"Bearer {metrics_only}"}), 403,
+              "E_AUTH_SCOPE")
+
+
+def test_model_failures_are_500_then_the_breaker_answers_503(svc_settings, classifier, images, monkeypatch):
+    def broken(x):
+        raise RuntimeError("CUDA exploded at /secret/path")
+
+    monkeypatch.setattr(classifier, "_infer", broken)  # fault injection into the real classifier
+    client = TestClient(create_app(svc_settings, classifier), raise_server_exceptions=False)
+    files = {"front": ("front.jpg", images[0], "image/jpeg")}
+    for _ in range(5):
+        response = client.post("/predict", files=files)
+        _envelope(response, 500, "E_INTERNAL")
+        assert "secret" not in response.text and "CUDA" not in response.text
+    opened = client.post("/predict", files=files)
+    _envelope(opened, 503, "E_CIRCUIT_OPEN")
+    assert int(opened.headers["Retry-After"]) >= 1
+    assert 'amulet_breaker_state{breaker="model",state="open"} 1.0' in client.get("/metrics").text
+    health = client.get("/health").json()
+    assert health["api_metrics"]["error_count"] == 6 and health["status"] == "degraded"
+
+
+def _wait_until_settled(client: TestClient, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = client.get("/health/ready")
+        if response.status_code == 200 or not response.json()["error"]["details"]["loading"]:
+            return response
+        time.sleep(0.05)
+    raise AssertionError("the model neither loaded nor failed in time")
+
+
+def test_lifespan_loads_the_model_from_settings(svc_settings, tiny_checkpoint, images):
+    app = create_app(svc_settings.replace(model_path=str(tiny_checkpoint)))
+    with TestClient(app) as client:
+        assert _wait_until_settled(client).status_code == 200
+        response = client.post("/predict", files={"front": ("front.jpg", images[0], "image/jpeg")})
+        assert response.status_code == 200
+
+
+def test_missing_checkpoint_keeps_ready_at_503(svc_settings, tmp_path, images):
+    app = create_app(svc_settings.replace(model_path=str(tmp_path / "missing.pt")))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        ready = _wait_until_settled(client)
+        err = _envelope(ready, 503, "E_NOT_READY")
+        assert "E_CHECKPOINT_MISSING" in err["details"]["error"]
+        _envelope(client.post("/predict", files={"front": ("f.jpg", images[0])}), 503, "E_MODEL_UNAVAILABLE")
+        assert client.get("/health/live").status_code == 200
+        assert client.get("/health").json()["model_status"]["loaded"] is False
+
+
+def test_short_load_run_loses_nothing_and_has_no_5xx(svc_settings, classifier, images):
+    from amulet_lab.bench.load import run_load
+    from amulet_lab.service.server import ServerThread
+
+    with ServerThread(create_app(svc_settings, classifier)) as server:
+        result = run_load(server.url, duration_s=2.0, clients=3, images=images, settings=svc_settings)
+    assert result.sent > 0 and result.ok > 0
+    assert result.lost == 0 and result.server_errors == 0, result.to_dict()
+    assert result.passed
+    summary = result.to_dict()
+    assert summary["p95_ms"] >= summary["p50_ms"] > 0 and summary["throughput_rps"] > 0
+    assert "PASS" in result.to_text()
+
+
+def test_load_over_the_rate_limit_gets_429s_not_errors(svc_settings, classifier, images):
+    from amulet_lab.bench.load import run_load
+    from amulet_lab.service.server import ServerThread
+
+    tight = svc_settings.replace(rate_limit_burst=5, rate_limit_per_minute=60)
+    with ServerThread(create_app(tight, classifier)) as server:
+        result = run_load(server.url, duration_s=1.5, clients=2, images=images, settings=tight)
+    assert result.rate_limited > 0 and result.status_counts[429] == result.rate_limited
+    assert 10 <= result.ok <= 14  # two buckets of 5, plus at most a token or two of refill each
+    assert result.lost == 0 and result.server_errors == 0 and result.passed
