@@ -219,3 +219,17 @@ def test_load_over_the_rate_limit_gets_429s_not_errors(svc_settings, classifier,
     assert result.rate_limited > 0 and result.status_counts[429] == result.rate_limited
     assert 10 <= result.ok <= 14  # two buckets of 5, plus at most a token or two of refill each
     assert result.lost == 0 and result.server_errors == 0 and result.passed
+
+
+def test_server_scenario_drives_a_real_uvicorn_service(svc_settings, classifier, images):
+    """The bench ``server`` scenario with ``url=`` benchmarks a running deployment through the pooled client."""
+    from amulet_lab.bench import scenarios
+    from amulet_lab.service.server import ServerThread
+
+    app = create_app(svc_settings, classifier)
+    with ServerThread(app) as server:
+        result = scenarios.server(None, images, target_qps=20, duration_s=0.5, threads=2, seed=1, url=server.url,
+                                  settings=svc_settings, progress=False)
+    assert result.metrics["queries"] >= 5
+    assert result.params["url"] == server.url
+    assert result.stages["infer"] > 0  # per-stage timings come back from the service's answers

@@ -349,6 +349,7 @@ def _serve_http(
     """
     import asyncio
 
+    from amulet_lab.errors import CircuitBreaker, RetryPolicy
     from amulet_lab.perf import HttpPool
 
     endpoint = url.rstrip("/")
@@ -374,7 +375,11 @@ def _serve_http(
 
     async def main() -> float:
         loop = asyncio.get_running_loop()
-        async with HttpPool(settings=settings, max_connections=connections) as pool:
+        # Connection failures and timeouts are retried (briefly: a retried query still counts its full latency);
+        # a breaker stops the run fast when the service is down instead of queueing every query on a dead host.
+        retry = RetryPolicy(max_retries=2, delay=0.05, max_delay=0.5)
+        breaker = CircuitBreaker(failure_threshold=5, timeout=5.0, name="bench-server")
+        async with HttpPool(settings=settings, max_connections=connections, retry=retry, breaker=breaker) as pool:
             start = loop.time()
             await asyncio.gather(*(one(pool, i, start + at, loop) for i, at in enumerate(arrivals)))
             return loop.time() - start
