@@ -15,7 +15,8 @@ from typing import IO
 
 from amulet_lab.errors import ValidationError
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_writer", "atomic_append_line", "hash_stream",
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_writer", "atomic_append_line", "atomic_append_lines",
+           "hash_stream",
            "existing_file"]
 
 
@@ -62,16 +63,31 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def atomic_append_line(path: str | Path, line: str) -> Path:
-    """Append one line to a text file atomically: the old content plus the line, swapped in whole.
+    """Append one line to a text file atomically (see ``atomic_append_lines``)."""
+    return atomic_append_lines(path, [line])
 
-    Rewriting is O(file) per append; history files here hold one line per run, so that is cheap, and a
-    crash mid-append can never leave a torn last line behind.
+
+def atomic_append_lines(path: str | Path, lines: list[str]) -> Path:
+    """Append lines to a text file atomically: the old content plus the lines, swapped in whole.
+
+    A lock file beside it (``fcntl.flock``) serialises writers, so two processes appending at once (a notebook
+    and ``bench run``) both land. Rewriting is O(file) per append; history files here hold a few lines per
+    run, so that is cheap, and a crash mid-append never leaves a torn or partial run behind.
     """
+    import fcntl
+
     target = Path(path)
-    old = target.read_bytes() if target.exists() else b""
-    if old and not old.endswith(b"\n"):
-        old += b"\n"
-    return atomic_write_bytes(target, old + line.rstrip("\n").encode("utf-8") + b"\n")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    payload = b"".join(line.rstrip("\n").encode("utf-8") + b"\n" for line in lines)
+    with open(target.with_name(f".{target.name}.lock"), "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            old = target.read_bytes() if target.exists() else b""
+            if old and not old.endswith(b"\n"):
+                old += b"\n"
+            return atomic_write_bytes(target, old + payload)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def existing_file(path: str | os.PathLike[str], *, field: str = "path") -> Path:
