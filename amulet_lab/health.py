@@ -12,7 +12,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["build_health_report", "api_metrics", "overall_status", "HEALTH_SCHEMA", "ERROR_RATE_DEGRADED"]
+__all__ = ["build_health_report", "api_metrics", "overall_status", "public_model_status", "PUBLIC_MODEL_KEYS",
+           "HEALTH_SCHEMA", "ERROR_RATE_DEGRADED"]
 
 #: Share of requests failing (5xx) above which the service reports itself degraded (the design's alert level).
 ERROR_RATE_DEGRADED = 0.05
@@ -34,6 +35,30 @@ def api_metrics(perf_stats: Mapping[str, Mapping[str, Any]], *, uptime_s: float,
         "error_rate": round(errors / total, 6) if total else 0.0,
         "uptime_minutes": round(max(0.0, uptime_s) / 60.0, 3),
     }
+
+
+#: The model-status keys anyone may see on an unauthenticated ``/health``. ``loading`` and ``error`` (a code
+#: only, never a message) are there so an operator sees why a replica is not ready.
+PUBLIC_MODEL_KEYS = ("loaded", "loading", "error", "arch", "num_classes", "labels", "version", "loaded_at")
+
+
+def public_model_status(status: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a model status that is safe to show publicly (no paths, metrics or counters).
+
+    ``version`` falls back to the checkpoint's ``amulet_lab_version``, the name ``model_status()`` uses.
+    """
+    merged = dict(status)
+    if "version" not in merged and "amulet_lab_version" in merged:
+        merged["version"] = merged["amulet_lab_version"]
+    return {k: merged[k] for k in PUBLIC_MODEL_KEYS if k in merged}
+
+
+def redact_path(status: Mapping[str, Any]) -> dict[str, Any]:
+    """``status`` with an absolute checkpoint ``path`` cut to its file name (server layout stays private)."""
+    out = dict(status)
+    if isinstance(out.get("path"), str):
+        out["path"] = out["path"].replace("\\", "/").rsplit("/", 1)[-1]
+    return out
 
 
 def overall_status(model_status: Mapping[str, Any], metrics: Mapping[str, Any], pressure: Mapping[str, Any]) -> str:

@@ -23,7 +23,6 @@ log = logging.getLogger("amulet_lab.widgets")
 #: The confidence band in plain words, as the user reads it.
 BAND_WORDS = {"reliable": "Reliable", "verify": "Check with an expert", "retake": "Retake the photo"}
 _BAND_COLOURS = {"reliable": "#2e7d32", "verify": "#ef6c00", "retake": "#c62828"}
-_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".heic", ".bmp"}
 
 
 def band_words(band: str) -> str:
@@ -39,10 +38,12 @@ def sample_pair(folder: str | Path | None = None) -> tuple[Path, Path | None]:
         from amulet_lab.data import SAMPLES_DIR
 
         folder = SAMPLES_DIR
+    from amulet_lab.data.dataset import IMAGE_SUFFIXES
+
     root = Path(folder)
     classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))) if root.is_dir() else []
     for cls in classes:
-        photos = sorted(p for p in cls.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+        photos = sorted(p for p in cls.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         fronts = [p for p in photos if "front" in p.name]
         if fronts:
             back = fronts[0].with_name(fronts[0].name.replace("front", "back"))
@@ -66,11 +67,15 @@ def upload_bytes(value: Any) -> tuple[str, bytes] | None:
 
 @dataclasses.dataclass(frozen=True)
 class GalleryItem:
-    """One photo of the gallery: where it is, what was predicted, and how unsure (1 - confidence)."""
+    """One photo of the gallery: where it is, what was predicted, and how unsure (1 - confidence).
+
+    A photo that could not be classified has no prediction, its error code in ``error`` and is listed last.
+    """
 
     path: Path
     prediction: Any
     uncertainty: float
+    error: str | None = None
 
 
 def _thumbnail(data: bytes, side: int = 112) -> bytes:
@@ -179,6 +184,7 @@ class ClassifierApp:
 
     def classify(self) -> Any:
         """Classify the current front (and back) input, update every widget and ``state``; returns the pair."""
+        self._clear()  # a failure below must never leave the previous photo's result on show
         front, back = self._inputs()
         if front is None:
             raise ValidationError("no front photo: upload one or give its path", field="front", code="E_NO_IMAGE")
@@ -189,6 +195,16 @@ class ClassifierApp:
         self.back_preview.value = _thumbnail(back[1], 220) if back else b""
         self._show(pair, front[0], back[0] if back else None)
         return pair
+
+    def _clear(self) -> None:
+        """Forget and blank the last result (previews, names, chart, timings)."""
+        self.result = None
+        self.state = {"status": "classifying"}
+        self.front_preview.value = b""
+        self.back_preview.value = b""
+        self.result_html.value = ""
+        self.chart.value = b""
+        self.latency_html.value = ""
 
     def _show(self, pair: Any, front_name: str, back_name: str | None) -> None:
         from amulet_lab.bench.plots import figure_to_png, topk_figure
@@ -227,14 +243,15 @@ class ClassifierApp:
             f"<p>{html.escape(agree_text)}</p>"
         )
         self.chart.value = figure_to_png(topk_figure(top, title="top-k probabilities"))
-        rows = "".join(
-            f"<tr><td>{side}</td>" + "".join(f"<td>{t.get(s, float('nan')):.1f}</td>" for s in ("decode", "preprocess", "infer", "postprocess", "total"))
-            + f"<td>{'⚡ cache hit' if cache_hit[side] else 'computed'}</td></tr>"
+        from amulet_lab.display import html_table
+
+        self.latency_html.value = "".join(
+            html_table(
+                [(f"{stage} ms", f"{t[stage]:.1f}") for stage in ("decode", "preprocess", "infer", "postprocess", "total")
+                 if stage in t] + [("answer", "⚡ cache hit" if cache_hit[side] else "computed")],
+                caption=f"{side} photo",
+            )
             for side, t in timings.items()
-        )
-        self.latency_html.value = (
-            "<table><tr><th></th><th>decode</th><th>preprocess</th><th>infer</th><th>postprocess</th><th>total ms</th>"
-            f"<th></th></tr>{rows}</table>"
         )
         self.status.value = f"<i>classified {html.escape(front_name)}" + (f" + {html.escape(back_name)}" if back_name else "") + "</i>"
 
@@ -264,15 +281,18 @@ class ClassifierApp:
             f"stages timed: {', '.join(stages)}",
         ])
 
-    def describe_gallery(self) -> str:
-        """The gallery in plain text: how many photos, and whether they are sorted most uncertain first."""
-        u = [it.uncertainty for it in self.gallery_items]
-        ordered = all(a >= b for a, b in zip(u, u[1:]))
-        return f"gallery photos: {len(u)}, most uncertain first: {ordered}, cards shown: {len(self.gallery_box.children)}"
+    def gallery(self, folder: str | Path | None = None, *, limit: int = 60, batch_size: int = 16,
+                progress: bool = True) -> list[GalleryItem]:
+        """Classify up to ``limit`` photos under ``folder`` (None or empty: the samples), most uncertain first.
 
-    def gallery(self, folder: str | Path | None = None, *, limit: int = 60, batch_size: int = 16) -> list[GalleryItem]:
-        """Classify up to ``limit`` photos under ``folder`` (None or empty: the samples), most uncertain first."""
+        Photos go through the model in batches of ``batch_size`` with a progress bar; a batch that fails is
+        retried photo by photo, and a photo that still fails is shown marked with its error (listed last)
+        instead of ending the gallery.
+        """
         import ipywidgets as w
+        from tqdm.auto import tqdm
+
+        from amulet_lab.bench.scenarios import image_paths
 
         if folder is None or not str(folder).strip():
             from amulet_lab.data import SAMPLES_DIR
@@ -281,25 +301,58 @@ class ClassifierApp:
         root = Path(str(folder).strip()).expanduser()
         if not root.is_dir():
             raise ValidationError(f"not a folder: {folder!r}", field="folder", value=str(folder), code="E_NO_FOLDER")
-        paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())[:limit]
-        if not paths:
-            raise ValidationError(f"no photos in {root}", field="folder", value=str(root), code="E_NO_IMAGE")
-        preds = self.classifier.predict_batch(paths, batch_size=batch_size)
-        items = sorted(
-            (GalleryItem(p, pred, 1.0 - float(pred.confidence)) for p, pred in zip(paths, preds)),
-            key=lambda it: (-it.uncertainty, str(it.path)),
-        )
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValidationError("batch_size must be a whole number >= 1", field="batch_size", value=batch_size)
+        paths = image_paths(root, limit=limit)
+        items: list[GalleryItem] = []
+        with tqdm(total=len(paths), desc="gallery", disable=not progress, leave=False) as bar:
+            for start in range(0, len(paths), batch_size):
+                chunk = paths[start:start + batch_size]
+                items.extend(self._classify_chunk(chunk))
+                bar.update(len(chunk))
+        items.sort(key=lambda it: (it.error is not None, -it.uncertainty, str(it.path)))
         self.gallery_items = items
         cards = []
         for it in items:
+            if it.error is not None:
+                caption = (f"<div style='font-size:11px;line-height:1.2;color:#c62828'><b>⚠ not classified</b><br>"
+                           f"<code>{html.escape(it.error)}</code><br>{html.escape(it.path.name)}</div>")
+                cards.append(w.VBox([w.HTML(caption)]))
+                continue
             caption = (
                 f"<div style='font-size:11px;line-height:1.2'><b>{html.escape(it.prediction.english_name)}</b><br>"
                 f"{it.prediction.confidence:.0%} · {html.escape(band_words(it.prediction.confidence_band))}<br>"
                 f"<span style='color:#777'>{html.escape(it.path.name)}</span></div>"
             )
-            cards.append(w.VBox([w.Image(value=_thumbnail(it.path.read_bytes(), self.thumbnail_px), format="jpeg"), w.HTML(caption)]))
+            cards.append(w.VBox([w.Image(value=_thumbnail(it.path.read_bytes(), self.thumbnail_px), format="jpeg"),
+                                 w.HTML(caption)]))
         self.gallery_box.children = tuple(cards)
         return items
+
+    def _classify_chunk(self, paths: list[Path]) -> list[GalleryItem]:
+        """One batch through the model; when it fails, photo by photo so only the bad ones are marked."""
+        try:
+            preds = self.classifier.predict_batch(paths, batch_size=len(paths))
+            return [GalleryItem(p, pred, 1.0 - float(pred.confidence)) for p, pred in zip(paths, preds)]
+        except AmuletError:
+            log.info("gallery batch failed; classifying its %d photos one by one", len(paths))
+        items = []
+        for p in paths:
+            try:
+                pred = self.classifier.predict_batch([p], batch_size=1)[0]
+            except AmuletError as exc:
+                items.append(GalleryItem(p, None, 1.0, error=exc.code))
+                continue
+            items.append(GalleryItem(p, pred, 1.0 - float(pred.confidence)))
+        return items
+
+    def describe_gallery(self) -> str:
+        """The gallery in plain text: how many photos, whether sorted most uncertain first, how many failed."""
+        u = [it.uncertainty for it in self.gallery_items if it.error is None]
+        ordered = all(a >= b for a, b in zip(u, u[1:]))
+        failed = sum(1 for it in self.gallery_items if it.error is not None)
+        return (f"gallery photos: {len(self.gallery_items)}, most uncertain first: {ordered}, "
+                f"not classified: {failed}, cards shown: {len(self.gallery_box.children)}")
 
 
 def _read(path: Path) -> bytes:

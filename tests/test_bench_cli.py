@@ -56,3 +56,26 @@ def test_help_lists_the_commands(capsys):
     out = capsys.readouterr().out
     for word in ("bench", "report", "demo"):
         assert word in out
+
+
+def test_bench_run_cli_appends_a_record(tmp_path, capsys):
+    """``bench run`` end to end on a real (untrained, seeded) tiny checkpoint: a few seconds."""
+    import torch
+
+    from amulet_lab.images import PreprocessSpec
+    from amulet_lab.model import build_model, make_checkpoint, save_checkpoint
+    from amulet_lab.model.checkpoint import project_labels
+
+    torch.manual_seed(0)
+    labels = project_labels()
+    ck = make_checkpoint(build_model("tiny", len(labels)), arch="tiny", arch_kwargs={}, labels=labels,
+                         spec=PreprocessSpec(size=32))
+    tiny = save_checkpoint(ck, tmp_path / "tiny.pt")
+    history_dir = tmp_path / "history"
+    code = main(["bench", "run", "single_stream", "--samples", "2", "--min-duration", "0", "--threads", "1",
+                 "--history-dir", str(history_dir), "--checkpoint", str(tiny)])
+    out = capsys.readouterr().out
+    assert code == 0 and "appended 1 record(s)" in out
+    (record,) = History(history_dir).records
+    assert record["scenario"] == "single_stream" and record["params"]["torch_threads"] == 1
+    assert record["metrics"]["latency_p50_ms"] > 0

@@ -145,3 +145,18 @@ def test_custom_thresholds_and_untracked_metrics(tmp_path):
         Threshold("sideways", 0.1)
     with pytest.raises(ValidationError):
         compare(h, thresholds={"x": 1.0})
+
+
+def test_a_runs_records_land_in_one_atomic_append(tmp_path, monkeypatch):
+    from amulet_lab.bench import history as history_module
+
+    calls = []
+    real = history_module.atomic_append_lines
+    monkeypatch.setattr(history_module, "atomic_append_lines", lambda path, lines: calls.append(list(lines)) or real(path, lines))
+    h = history_module.History(tmp_path)
+    recs = [{"run_id": "r", "timestamp": "t", "machine_id": "m", "scenario": s, "metrics": {"x": 1.0}} for s in ("a", "b", "c")]
+    h.extend(recs)
+    assert len(calls) == 1 and len(calls[0]) == 3
+    with pytest.raises(ValidationError):
+        h.extend([recs[0], {"run_id": "r"}])  # one invalid record: nothing of the run is written
+    assert len(calls) == 1 and len(history_module.History(tmp_path)) == 3

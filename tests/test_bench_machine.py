@@ -42,7 +42,7 @@ def test_reference_workload_uses_the_given_timer():
         machine.reference_workload(size=0)
 
 
-def test_git_commit_marks_uncommitted_changes(tmp_path):
+def test_git_commit_marks_uncommitted_changes_to_code_only(tmp_path):
     import subprocess
 
     def git(*args):
@@ -50,10 +50,40 @@ def test_git_commit_marks_uncommitted_changes(tmp_path):
                        capture_output=True)
 
     git("init", "-q")
-    (tmp_path / "f.txt").write_text("a")
-    git("add", "f.txt")
+    (tmp_path / "amulet_lab").mkdir()
+    (tmp_path / "amulet_lab" / "f.py").write_text("a")
+    (tmp_path / "README.md").write_text("r")
+    git("add", ".")
     git("commit", "-qm", "one")
     clean = machine.git_commit(tmp_path)
     assert len(clean) == 40 and not clean.endswith("-dirty")
-    (tmp_path / "f.txt").write_text("b")
+    # Outputs and files outside the code paths do not make a run dirty ...
+    (tmp_path / "reports" / "history").mkdir(parents=True)
+    (tmp_path / "reports" / "history" / "runs.jsonl").write_text("{}")
+    (tmp_path / "README.md").write_text("changed")
+    assert machine.git_commit(tmp_path) == clean
+    # ... a new untracked notebook does, and so does a changed module.
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "notebooks" / "new.ipynb").write_text("{}")
     assert machine.git_commit(tmp_path) == clean + "-dirty"
+    (tmp_path / "notebooks" / "new.ipynb").unlink()
+    assert machine.git_commit(tmp_path) == clean
+    (tmp_path / "amulet_lab" / "f.py").write_text("b")
+    assert machine.git_commit(tmp_path) == clean + "-dirty"
+
+
+def test_machine_id_names_the_hardware_not_the_host(monkeypatch):
+    a = machine.hardware_id("Xeon 1", 2, 8 * 2**30)
+    assert machine.hardware_id("Xeon 1", 2, 8 * 2**30 - 2**20) == a  # memory rounded to GiB
+    assert machine.hardware_id("Xeon 1", 4, 8 * 2**30) != a and machine.hardware_id("Xeon 2", 2, 8 * 2**30) != a
+    import socket
+
+    machine._static_info.cache_clear()
+    before = machine.machine_id()
+    monkeypatch.setattr(socket, "gethostname", lambda: "another-ci-runner")
+    machine._static_info.cache_clear()
+    try:
+        assert machine.machine_id() == before
+    finally:
+        monkeypatch.undo()
+        machine._static_info.cache_clear()

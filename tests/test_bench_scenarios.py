@@ -207,19 +207,30 @@ def test_invalid_arguments_raise_validation_errors(call, images):
         call(MeanColourPipeline(), images)
 
 
-def test_server_drives_a_service_over_http(images, settings):
-    """``url=``: each query is a multipart POST /predict with the photo as ``front`` (loopback server)."""
+@pytest.fixture
+def stub_service():
+    """A loopback HTTP stub of ``POST /predict``: records each request; ``plan["refuse"]`` first answers are 429,
+    ``plan["status"]`` the status of the others."""
     import json
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    seen = []
+    seen: list[dict] = []
+    plan = {"refuse": 0, "status": 200}
+    lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802
             body = self.rfile.read(int(self.headers["Content-Length"]))
-            seen.append((self.path, self.headers["Content-Type"], b'name="front"' in body))
+            with lock:
+                seen.append({"path": self.path, "type": self.headers["Content-Type"], "front": b'name="front"' in body,
+                             "auth": self.headers.get("Authorization"), "x": self.headers.get("X-Bench")})
+                refuse = plan["refuse"] > 0
+                plan["refuse"] -= 1
+            status = 429 if refuse else plan["status"]
             answer = json.dumps({"front": {"label": "x", "timings": {"decode": 1.0, "infer": 2.0}, "cache_hit": False}})
-            self.send_response(200)
+            self.send_response(status)
+            if refuse:
+                self.send_header("Retry-After", "0")
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(answer)))
             self.end_headers()
@@ -232,16 +243,72 @@ def test_server_drives_a_service_over_http(images, settings):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}"
-        result = sc.server(None, images, target_qps=50, duration_s=0.2, threads=2, seed=1, url=url,
-                           settings=settings, progress=False)
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen, plan
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_server_drives_a_service_over_http(images, settings, stub_service):
+    """``url=``: each query is a multipart POST /predict with the photo as ``front``, the token and headers sent."""
+    url, seen, _ = stub_service
+    result = sc.server(None, images, target_qps=50, duration_s=0.2, threads=2, seed=1, url=url, token="tok",
+                       headers={"X-Bench": "1"}, settings=settings, progress=False)
     n = len(sc.poisson_arrivals(50, 0.2, 1))
-    assert len(seen) == n and all(p == "/predict" and ct.startswith("multipart/form-data") and f for p, ct, f in seen)
-    assert result.metrics["queries"] == n and result.params["url"] == url
+    assert len(seen) == n
+    assert all(r["path"] == "/predict" and r["type"].startswith("multipart/form-data") and r["front"] for r in seen)
+    assert all(r["auth"] == "Bearer tok" and r["x"] == "1" for r in seen)
+    assert result.metrics["queries"] == n and result.params["url"] == url and result.metrics["refused"] == 0
     assert result.stages == {"decode": 1.0, "infer": 2.0}
+
+
+def test_server_counts_429_as_refused_and_goes_on(images, settings, stub_service):
+    url, seen, plan = stub_service
+    plan["refuse"] = 3
+    result = sc.server(None, images, target_qps=50, duration_s=0.2, threads=2, seed=1, url=url, settings=settings,
+                       progress=False)
+    n = len(sc.poisson_arrivals(50, 0.2, 1))
+    assert len(seen) == n and result.metrics["refused"] == 3 and result.metrics["queries"] == n
+    assert len(result.latencies_ms) == n - 3 and result.metrics["meets_bound"] == 0.0  # refusals miss the bound
+
+
+def test_a_failing_service_ends_the_run_with_a_coded_error(images, settings, stub_service):
+    url, _, plan = stub_service
+    plan["status"] = 500
+    with pytest.raises(ProcessingError) as info:
+        sc.server(None, images, target_qps=50, duration_s=0.2, threads=2, seed=1, url=url, settings=settings,
+                  progress=False)
+    assert info.value.code == "E_BENCH_HTTP"
+
+
+def test_sync_server_works_inside_a_running_event_loop(images, settings, stub_service):
+    """A notebook cell runs in an event loop: the sync API must not call asyncio.run on it."""
+    import asyncio
+
+    url, seen, _ = stub_service
+
+    async def cell():
+        sync = sc.server(None, images, target_qps=40, duration_s=0.1, threads=1, seed=2, url=url, settings=settings,
+                         progress=False)
+        awaited = await sc.aserver(None, images, target_qps=40, duration_s=0.1, threads=1, seed=2, url=url,
+                                   settings=settings, progress=False)
+        local = await sc.aserver(MeanColourPipeline(), images, target_qps=40, duration_s=0.1, threads=1, seed=2,
+                                 progress=False)
+        return sync, awaited, local
+
+    sync, awaited, local = asyncio.run(cell())
+    n = len(sc.poisson_arrivals(40, 0.1, 2))
+    assert sync.metrics["queries"] == awaited.metrics["queries"] == local.metrics["queries"] == n
+    assert len(seen) == 2 * n
+
+
+def test_resize_images_sets_the_longer_side(images):
+    from PIL import Image
+
+    out = sc.resize_images(images[:2], 24)
+    assert [max(Image.open(io.BytesIO(b)).size) for b in out] == [24, 24]
+    with pytest.raises(ValidationError):
+        sc.resize_images(images, 0)
 
 
 def test_min_duration_keeps_single_stream_and_offline_going(images):

@@ -129,7 +129,21 @@ def test_notebooks_pass_nbval(references):
     work, refs, _ = references
     done = _nbval([refs[n] for n in NAMES], work)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    assert f"{len(NAMES)} passed" in done.stdout or "passed" in done.stdout
+    # nbval makes one test item per code cell: every cell of every notebook must have run and passed.
+    counts = _outcomes(done.stdout)
+    cells = sum(1 for n in NAMES for c in nbformat.read(refs[n], as_version=4).cells
+                if c.cell_type == "code" and c.source.strip() and "# NBVAL_SKIP" not in c.source)
+    assert counts.get("failed", 0) == 0 and counts.get("error", 0) == 0 and counts.get("errors", 0) == 0, done.stdout[-4000:]
+    assert counts.get("passed") == cells, (counts, cells, done.stdout[-2000:])
+
+
+def _outcomes(stdout: str) -> dict[str, int]:
+    """``{"passed": 41, "failed": 1, ...}`` from pytest's summary line ("41 passed, 1 failed in 9.8s")."""
+    import re
+
+    summary = [line for line in stdout.splitlines() if re.search(r"\d+ (passed|failed|errors?)", line)]
+    assert summary, f"no pytest summary in the nbval output: {stdout[-2000:]}"
+    return {word: int(n) for n, word in re.findall(r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed)", summary[-1])}
 
 
 def test_nbval_fails_when_a_checked_output_differs(references):

@@ -47,6 +47,20 @@ def test_trend_figure_has_one_panel_per_metric_with_band_and_median(history):
     assert sps.get_ylabel() == "per s" and "regression" not in {l.get_label() for l in sps.get_lines()}
 
 
+def test_trend_figure_plots_the_runs_compare_judges_against(history):
+    # A later run on other torch threads is another workload: compare has no baseline for it, and the panel
+    # shows that run alone rather than a band made of the other workload's runs.
+    history.append({"run_id": "r9", "timestamp": "2026-01-09T00:00:00Z", "machine_id": "m", "reference": {"ms": 1.0},
+                    "scenario": "offline", "variant": "bs=8", "params": {"torch_threads": 4},
+                    "metrics": {"samples_per_s": 50.0}})
+    fig = plots.trend_figure(history.to_frame())
+    ax = next(a for a in fig.axes if a.get_title() == "offline[bs=8] · samples_per_s")
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert list(lines["samples_per_s"].get_ydata()) == [50.0]
+    rows = [r for r in compare(history).rows if r.metric == "samples_per_s"]
+    assert rows and rows[0].status == "no-baseline"
+
+
 def test_trend_figure_empty_and_invalid(tmp_path):
     fig = plots.trend_figure(History(tmp_path).to_frame())
     assert fig.axes[0].get_title() == "no benchmark history yet"

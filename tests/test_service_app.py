@@ -163,6 +163,8 @@ def test_forwarded_for_is_trusted_only_when_configured(svc_settings):
     trusted = client_for(s.replace(trust_forwarded_for=True), timer=Clock())
     assert trusted.get("/health/live", headers={"X-Forwarded-For": "198.51.100.1"}).status_code == 200
     assert trusted.get("/health/live", headers={"X-Forwarded-For": "198.51.100.2"}).status_code == 200
+    # A client forging a left-hand entry still counts against the address our proxy appended (right-most).
+    assert trusted.get("/health/live", headers={"X-Forwarded-For": "6.6.6.6, 198.51.100.1"}).status_code == 429
 
 
 def test_metrics_needs_a_token_when_auth_is_required(svc_settings):
@@ -232,3 +234,10 @@ def test_health_is_200_and_matches_the_schema(svc_settings):
     assert report["status"] in ("degraded", "unhealthy")  # no model
     assert report["api_metrics"]["total_requests"] == 2  # the /health request itself is counted when it ends
     assert report["api_metrics"]["error_count"] == 0  # a 404 is the client's error, not the service's
+
+
+def test_unknown_methods_are_one_metric_label(svc_settings):
+    client = client_for(svc_settings)
+    client.request("FROBNICATE", "/health/live")
+    text = client.get("/metrics").text
+    assert 'method="OTHER"' in text and "FROBNICATE" not in text

@@ -32,6 +32,14 @@ def test_token_command_refuses_without_a_key(env, monkeypatch, capsys):
     assert "E_SECRET_KEY" in capsys.readouterr().err
 
 
+def test_token_command_refuses_an_unset_key_even_in_debug(env, monkeypatch, capsys):
+    monkeypatch.delenv("AMULET_SECRET_KEY")
+    monkeypatch.setenv("AMULET_DEBUG", "true")
+    assert main(["token", "--subject", "alice"]) == 1
+    captured = capsys.readouterr()
+    assert "E_SECRET_KEY" in captured.err and captured.out == ""
+
+
 def test_serve_and_load_parsers_have_loopback_and_bounded_defaults():
     parser = build_parser()
     args = parser.parse_args(["serve"])

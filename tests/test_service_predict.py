@@ -233,3 +233,47 @@ def test_server_scenario_drives_a_real_uvicorn_service(svc_settings, classifier,
     assert result.metrics["queries"] >= 5
     assert result.params["url"] == server.url
     assert result.stages["infer"] > 0  # per-stage timings come back from the service's answers
+
+
+def test_public_health_hides_the_checkpoint_path_and_a_metrics_token_sees_more(client, svc_settings):
+    public = client.get("/health").json()["model_status"]
+    assert public["loaded"] is True and public["arch"] == "tiny" and public["num_classes"] == 6
+    assert set(public) <= {"loaded", "loading", "error", "arch", "num_classes", "labels", "version", "loaded_at"}
+    assert "path" not in public and "/" not in str(public)
+    ops = {"Authorization": f"Bearer {issue_token('ops', 60, svc_settings, scopes=['metrics'])}"}
+    full = client.get("/health", headers=ops).json()["model_status"]
+    assert "parameters" in full and "temperature" in full
+    assert full["path"] and "/" not in full["path"]  # the file name only, never the server's layout
+
+
+def test_client_input_errors_do_not_open_the_breaker(svc_settings, classifier, images, monkeypatch):
+    from amulet_lab.errors import ProcessingError
+
+    client = TestClient(create_app(svc_settings, classifier), raise_server_exceptions=False)
+    for _ in range(6):  # refused by validate_image before the model
+        _envelope(client.post("/predict", files={"front": ("x.jpg", b"<html>no</html>", "image/jpeg")}), 415,
+                  "E_IMAGE_SIGNATURE")
+
+    def undecodable(*args, **kwargs):
+        raise ProcessingError("could not decode image", stage="decode", code="E_IMAGE_DECODE")
+
+    monkeypatch.setattr(classifier, "predict_pair", undecodable)
+    files = {"front": ("front.jpg", images[0], "image/jpeg")}
+    for _ in range(6):  # passed validation, failed to decode inside the classifier: still the client's photo
+        assert client.post("/predict", files=files).status_code == 400
+    monkeypatch.undo()
+    assert client.post("/predict", files=files).status_code == 200  # the breaker is still closed
+    assert 'amulet_breaker_state{breaker="model",state="closed"} 1.0' in client.get("/metrics").text
+
+
+def test_model_error_503_names_the_code_only(svc_settings, classifier, images, monkeypatch):
+    from amulet_lab.errors import ModelError
+
+    def broken(*args, **kwargs):
+        raise ModelError("checkpoint /srv/secret/model.pt is corrupt", code="E_CHECKPOINT_CORRUPT")
+
+    monkeypatch.setattr(classifier, "predict_pair", broken)
+    client = TestClient(create_app(svc_settings, classifier), raise_server_exceptions=False)
+    response = client.post("/predict", files={"front": ("front.jpg", images[0], "image/jpeg")})
+    err = _envelope(response, 503, "E_CHECKPOINT_CORRUPT")
+    assert err["message"] == "The model is unavailable." and "secret" not in response.text

@@ -73,5 +73,8 @@ def test_client_key_prefers_subject_and_trusts_forwarded_for_only_when_told():
     headers = {"x-forwarded-for": "203.0.113.9, 10.0.0.1"}
     assert client_key("alice", "127.0.0.1", headers, trust_forwarded_for=True) == "sub:alice"
     assert client_key(None, "127.0.0.1", headers, trust_forwarded_for=False) == "ip:127.0.0.1"
-    assert client_key(None, "127.0.0.1", headers, trust_forwarded_for=True) == "ip:203.0.113.9"
+    # The right-most entry is the one our proxy appended; the left-most is client-controlled.
+    assert client_key(None, "127.0.0.1", headers, trust_forwarded_for=True) == "ip:10.0.0.1"
+    forged = {"x-forwarded-for": "1.2.3.4, 203.0.113.9"}
+    assert client_key(None, "127.0.0.1", forged, trust_forwarded_for=True) == "ip:203.0.113.9"
     assert client_key(None, "127.0.0.1", {}, trust_forwarded_for=True) == "ip:127.0.0.1"

@@ -141,3 +141,26 @@ def test_client_hanging_up_mid_upload_leaves_the_server_serving(settings):
         assert client.get("/health/live").status_code == 200
         text = client.get("/metrics").text
         assert 'route="/predict",status="499"' in text
+
+
+def test_a_thread_that_does_not_start_in_time_is_stopped(settings):
+    from amulet_lab.errors import NetworkError
+
+    app = create_app(settings.replace(secret_key="t" * 32))
+    server = ServerThread(app, startup_timeout=0.0)
+    with pytest.raises(NetworkError):
+        server.start()
+    assert server.server.should_exit is True
+    server._thread.join(10)
+    assert not server._thread.is_alive()
+
+
+def test_a_child_that_fails_to_start_is_cleaned_up():
+    from amulet_lab.errors import NetworkError
+
+    child = ServerProcess({"AMULET_SECRET_KEY": "changeme", "AMULET_DEBUG": "false"}, startup_timeout=60.0)
+    with pytest.raises(NetworkError) as info:
+        child.start()
+    assert "E_SECRET_KEY" in str(info.value)
+    assert child.process is not None and child.process.poll() is not None  # not left running
+    assert child._stderr is None and "E_SECRET_KEY" in child.stderr_text()  # file closed, text kept

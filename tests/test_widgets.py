@@ -99,16 +99,37 @@ def test_gallery_sorts_by_uncertainty(classifier, tmp_path):
     buf = io.BytesIO()
     Image.new("RGB", (96, 96), (128, 128, 128)).save(buf, format="JPEG")
     (folder / "grey.jpg").write_bytes(buf.getvalue())
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     app = ClassifierApp(classifier)
+    items = app.gallery(folder, batch_size=2, progress=False)  # the broken photo fails its batch, not the gallery
+    assert len(items) == 4 and len(app.gallery_box.children) == 4
+    assert items[-1].path.name == "broken.jpg" and items[-1].error and items[-1].prediction is None
+    assert "not classified" in app.gallery_box.children[-1].children[0].value
+    good = items[:3]
+    assert all(it.error is None for it in good)
+    assert [it.uncertainty for it in good] == sorted((it.uncertainty for it in good), reverse=True)
+    assert "most uncertain first: True" in app.describe_gallery() and "not classified: 1" in app.describe_gallery()
+    (folder / "broken.jpg").unlink()
     app.gallery_path.value = str(folder)
     app.gallery_button.click()
-    items = app.gallery_items
-    assert len(items) == 3 and len(app.gallery_box.children) == 3
-    assert [it.uncertainty for it in items] == sorted((it.uncertainty for it in items), reverse=True)
-    assert "most uncertain first: True" in app.describe_gallery()
+    assert len(app.gallery_items) == 3
     app.gallery_path.value = str(tmp_path / "nope")
     app.gallery_button.click()
     assert app.state["error"] == "E_NO_FOLDER"
+
+
+def test_a_failed_classify_never_shows_the_previous_result(classifier, tmp_path):
+    front, _ = sample_pair()
+    app = ClassifierApp(classifier)
+    app.classify_paths(front)
+    assert app.state["status"] == "done" and app.result_html.value and app.front_preview.value
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    app.front_path.value = str(bad)
+    app.classify_button.click()
+    assert app.state["status"] == "error" and app.result is None
+    assert app.result_html.value == "" and app.chart.value == b"" and app.latency_html.value == ""
+    assert app.front_preview.value == b""
 
 
 def test_helpers():

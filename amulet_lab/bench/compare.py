@@ -1,7 +1,9 @@
 """Regression detection: the latest run against earlier runs on the same machine.
 
-For each metric of the latest run, the baseline is the same scenario, variant and parameters in up
-to ``window`` earlier runs on the same machine. Values are first normalised by the reference
+For each metric of the latest run, the baseline is the same scenario, variant and parameters (torch
+threads, cache flag and reference workload included: ``baseline_key``) in up to ``window`` earlier runs
+on the same machine; runs with the test-only preprocessing delay never serve as baseline for runs
+without it (a seeded regression is judged against clean runs, and never becomes their baseline). Values are first normalised by the reference
 workload timed in each run (time metrics divided by it, rates multiplied), so a machine that is
 busier today does not read as slower code. A metric regresses when its normalised value leaves the
 band ``[median / (1 + rel) - iqr_k * IQR, median * (1 + rel) + iqr_k * IQR]`` on the bad side *and* the raw change exceeds the
@@ -18,10 +20,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from amulet_lab.bench.history import History
+from amulet_lab.bench.history import History, baseline_key
+from amulet_lab.bench.stats import quartiles
 from amulet_lab.errors import ValidationError
 
-__all__ = ["Threshold", "DEFAULT_THRESHOLDS", "MetricComparison", "Comparison", "compare", "threshold_for"]
+__all__ = ["Threshold", "DEFAULT_THRESHOLDS", "MetricComparison", "Comparison", "compare", "threshold_for",
+           "baseline_key"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,11 +181,9 @@ def _load(history: History | str | Path | Iterable[Mapping[str, Any]]) -> tuple[
     raise ValidationError("history must be a History, a path or records", field="history", value=type(history).__name__)
 
 
-def _quartiles(values: list[float]) -> tuple[float, float]:
-    if len(values) < 2:
-        return values[0], values[0]
-    q = statistics.quantiles(values, n=4, method="inclusive")
-    return q[0], q[2]
+def _delay(record: Mapping[str, Any]) -> float:
+    value = (record.get("settings") or {}).get("test_preprocess_delay_ms", 0.0)
+    return float(value) if isinstance(value, (int, float)) else 0.0
 
 
 def _ref(record: Mapping[str, Any]) -> float | None:
@@ -228,10 +230,8 @@ def compare(
     used_runs: set[str] = set()
     for rec in latest:
         variant = rec.get("variant", "")
-        base = [
-            b for b in earlier
-            if b["scenario"] == rec["scenario"] and b.get("variant", "") == variant and b.get("params") == rec.get("params")
-        ]
+        key, delay = baseline_key(rec), _delay(rec)
+        base = [b for b in earlier if baseline_key(b) == key and _delay(b) in (0.0, delay)]
         ref_now = _ref(rec)
         for metric, value in sorted(rec["metrics"].items()):
             if not isinstance(value, (int, float)) or isinstance(value, bool):
@@ -247,7 +247,7 @@ def compare(
             used_runs.update(run for run, _ in pairs)
             values = [v for _, v in pairs]
             med = statistics.median(values)
-            q1, q3 = _quartiles(values)
+            q1, q3 = quartiles(values)
             iqr = q3 - q1
             change = (norm_now - med) / med if med else None
             # A change counts when it is a factor (1 + rel) beyond the median, plus iqr_k IQRs of slack.

@@ -2,7 +2,8 @@
 
 JSON lines because a history only ever grows by appending, stays readable with ``grep`` and
 ``jq``, and one bad line (a hand edit, a merge) costs that line only: it is reported, counted and
-skipped, never fatal. Appends go through ``atomic_append_line`` so a crash never tears a line.
+skipped, never fatal. A run's records are appended in one ``atomic_append_lines`` swap (flock-serialised),
+so a crash never tears a line and a reader never sees half a run.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from amulet_lab.errors import ValidationError
-from amulet_lab.files import atomic_append_line
+from amulet_lab.files import atomic_append_lines
 
-__all__ = ["History", "HistoryWarning", "new_run_id", "utc_now", "SCHEMA_VERSION", "REQUIRED_FIELDS", "FILE_NAME"]
+__all__ = ["History", "HistoryWarning", "new_run_id", "utc_now", "baseline_key", "SCHEMA_VERSION", "REQUIRED_FIELDS",
+           "FILE_NAME"]
 
 log = logging.getLogger("amulet_lab.bench")
 
@@ -42,6 +44,20 @@ def new_run_id(now: _dt.datetime | None = None) -> str:
 def utc_now() -> _dt.datetime:
     """The current time in UTC (timezone-aware)."""
     return _dt.datetime.now(_dt.timezone.utc)
+
+
+def baseline_key(record: Mapping[str, Any]) -> str:
+    """What must match for one record to be a baseline of another: scenario, variant, params (with the torch
+    threads and cache flag filled from the record's settings where older records lack them) and the name
+    of the reference workload (figures normalised by another workload do not compare)."""
+    params = dict(record.get("params") or {})
+    settings = record.get("settings") or {}
+    threads = settings.get("torch_threads", (record.get("machine") or {}).get("torch_threads"))
+    params.setdefault("torch_threads", threads)
+    params.setdefault("cache", settings.get("cache"))
+    key = {"scenario": record.get("scenario"), "variant": record.get("variant", ""), "params": params,
+           "reference": (record.get("reference") or {}).get("name")}
+    return json.dumps(key, sort_keys=True, default=str)
 
 
 def _problem(record: Any) -> str | None:
@@ -104,21 +120,25 @@ class History:
 
     def append(self, record: Mapping[str, Any]) -> dict[str, Any]:
         """Validate and append one record (atomically); returns the stored record."""
-        stored = {"schema": SCHEMA_VERSION, **dict(record)}
-        problem = _problem(stored)
-        if problem:
-            raise ValidationError(f"cannot append history record: {problem}", field="record", value=sorted(stored))
-        try:
-            line = json.dumps(stored, sort_keys=True, allow_nan=False, ensure_ascii=False)
-        except (TypeError, ValueError) as exc:
-            raise ValidationError(f"history record is not JSON-ready: {exc}", field="record") from exc
-        atomic_append_line(self.path, line)
-        self.records.append(stored)
-        return stored
+        return self.extend([record])[0]
 
     def extend(self, records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        """Append several records (each atomically)."""
-        return [self.append(r) for r in records]
+        """Validate every record, then append them all in one atomic swap (all or none land)."""
+        stored, lines = [], []
+        for record in records:
+            row = {"schema": SCHEMA_VERSION, **dict(record)}
+            problem = _problem(row)
+            if problem:
+                raise ValidationError(f"cannot append history record: {problem}", field="record", value=sorted(row))
+            try:
+                lines.append(json.dumps(row, sort_keys=True, allow_nan=False, ensure_ascii=False))
+            except (TypeError, ValueError) as exc:
+                raise ValidationError(f"history record is not JSON-ready: {exc}", field="record") from exc
+            stored.append(row)
+        if lines:
+            atomic_append_lines(self.path, lines)
+            self.records.extend(stored)
+        return stored
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(self.records)
@@ -147,7 +167,8 @@ class History:
         return [r for r in self.records if r["run_id"] == run_id]
 
     def to_frame(self):  # -> pandas.DataFrame
-        """One row per record and metric: run_id, timestamp, machine_id, scenario, variant, metric, value, reference_ms."""
+        """One row per record and metric: run_id, timestamp, machine_id, scenario, variant, metric, value, reference_ms,
+        baseline_key (what ``compare`` matches baselines on)."""
         import pandas as pd
 
         rows = []
@@ -166,9 +187,11 @@ class History:
                             "metric": metric,
                             "value": float(value),
                             "reference_ms": ref,
+                            "baseline_key": baseline_key(r),
                         }
                     )
-        columns = ["run_id", "timestamp", "machine_id", "commit", "scenario", "variant", "metric", "value", "reference_ms"]
+        columns = ["run_id", "timestamp", "machine_id", "commit", "scenario", "variant", "metric", "value", "reference_ms",
+                   "baseline_key"]
         return pd.DataFrame(rows, columns=columns)
 
     def __repr__(self) -> str:

@@ -24,12 +24,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from amulet_lab.bench.aio import run_sync
+from amulet_lab.bench.stats import percentile
 from amulet_lab.config import Settings, get_settings
-from amulet_lab.errors import CircuitBreaker, CircuitOpenError, NetworkError, RetryPolicy, ValidationError
+from amulet_lab.errors import CircuitBreaker, RetryPolicy, ValidationError
 
 __all__ = ["LoadResult", "run_load", "arun_load", "sample_images"]
-
-_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 
 
 @dataclasses.dataclass
@@ -57,12 +57,7 @@ class LoadResult:
 
     def percentile_ms(self, q: float) -> float:
         """Latency percentile of successful (200) requests (nan when none)."""
-        if not self.latencies_ms:
-            return math.nan
-        ordered = sorted(self.latencies_ms)
-        rank = (len(ordered) - 1) * q / 100.0
-        low, high = math.floor(rank), math.ceil(rank)
-        return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+        return percentile(self.latencies_ms, q)
 
     @property
     def passed(self) -> bool:
@@ -114,16 +109,14 @@ class LoadResult:
 
 
 def sample_images(root: str | Path | None = None, *, limit: int = 32) -> list[bytes]:
-    """The bytes of up to ``limit`` images under ``root`` (default: the committed samples)."""
+    """The bytes of up to ``limit`` images under ``root`` (default: the committed samples), in path order."""
+    from amulet_lab.bench.scenarios import load_images
+
     if root is None:
         from amulet_lab.data import SAMPLES_DIR
 
         root = SAMPLES_DIR
-    folder = Path(root)
-    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES)[:limit]
-    if not paths:
-        raise ValidationError(f"no images under {folder}", field="root", value=str(folder), code="E_NO_SAMPLES")
-    return [p.read_bytes() for p in paths]
+    return load_images(root, limit=limit, seed=None)
 
 
 async def arun_load(
@@ -137,6 +130,7 @@ async def arun_load(
     timer: Callable[[], float] = time.perf_counter,
 ) -> LoadResult:
     """Drive ``url`` with ``clients`` closed-loop clients for ``duration_s`` seconds."""
+    from amulet_lab.bench.http_client import bearer_headers, post_predict
     from amulet_lab.perf import HttpPool, PerformanceMonitor
 
     if not images:
@@ -163,38 +157,32 @@ async def arun_load(
     deadline = started + duration_s
 
     async def client(i: int) -> None:
-        headers = {"Authorization": f"Bearer {tokens[i % len(tokens)]}"} if tokens[i % len(tokens)] else {}
+        headers = bearer_headers(tokens[i % len(tokens)])
         n = i
         while timer() < deadline:
             data = images[n % len(images)]
             n += clients
             counts["sent"] += 1
             t0 = timer()
-            try:
-                response = await pool.post("/predict", files={"front": ("front.jpg", data, "image/jpeg")}, headers=headers)
-            except NetworkError as exc:
-                status = exc.context.get("status")
-                if isinstance(status, int):  # an answer, a 502/503/504 the pool turned into an error
-                    statuses[status] += 1
-                else:
-                    counts["lost"] += 1
-                    lost_reasons[exc.code] += 1
-                continue
-            except CircuitOpenError:
+            outcome = await post_predict(pool, "/predict", data, headers=headers)
+            if outcome.lost:
                 counts["lost"] += 1
-                lost_reasons["E_CIRCUIT_OPEN"] += 1
-                await asyncio.sleep(min(0.2, max(0.0, deadline - timer())))
+                lost_reasons[str(outcome.lost_reason)] += 1
+                if outcome.lost_reason == "E_CIRCUIT_OPEN":
+                    await asyncio.sleep(min(0.2, max(0.0, deadline - timer())))
                 continue
-            statuses[response.status_code] += 1
-            if response.status_code == 200:
+            statuses[int(outcome.status)] += 1  # type: ignore[arg-type]
+            if outcome.ok:
                 latencies.append((timer() - t0) * 1000.0)
-            if response.status_code == 429:
+            elif outcome.refused:
                 counts["rate_limited"] += 1
-                wait = float(response.headers.get("Retry-After", "1"))
-                await asyncio.sleep(min(wait, max(0.0, deadline - timer())))
+                await asyncio.sleep(min(outcome.retry_after_s, max(0.0, deadline - timer())))
 
     async with pool:
-        await asyncio.gather(*(client(i) for i in range(clients)))
+        # A TaskGroup, not gather: a client that fails (a bug, Ctrl-C) cancels the others at once.
+        async with asyncio.TaskGroup() as group:
+            for i in range(clients):
+                group.create_task(client(i))
         pool_stats = pool.stats()
     elapsed = timer() - started
     answered = sum(statuses.values())
@@ -230,6 +218,8 @@ def run_load(
 ) -> LoadResult:
     """Run a load test against ``url``, or against a service started for the run when ``url`` is None.
 
+    Works from a notebook cell too (a running event loop): see ``amulet_lab.bench.aio.run_sync``.
+
     ``cold_cache`` (started service only) shrinks its image cache to one entry, so the rotating sample
     images miss it and every request pays for decoding, preprocessing and inference.
     """
@@ -245,7 +235,8 @@ def run_load(
             tokens = [issue_token(f"load-{i}", 3600, settings) for i in range(clients)]
         else:
             tokens = [None]
-        return asyncio.run(arun_load(url, images, duration_s=duration_s, clients=clients, tokens=tokens, settings=settings))
+        return run_sync(lambda: arun_load(url, images, duration_s=duration_s, clients=clients, tokens=tokens,
+                                          settings=settings))
 
     from amulet_lab.service.auth import issue_token
     from amulet_lab.service.server import ServerProcess
@@ -269,9 +260,7 @@ def run_load(
     with ServerProcess(env, wait_ready=True, startup_timeout=120.0) as server:
         if warmup_s > 0:
             # The first predictions pay for lazy initialisation; they are not part of the figures.
-            asyncio.run(
-                arun_load(server.url, images[:1], duration_s=warmup_s, clients=1, tokens=tokens[:1], settings=settings)
-            )
-        return asyncio.run(
-            arun_load(server.url, images, duration_s=duration_s, clients=clients, tokens=tokens, settings=settings)
-        )
+            run_sync(lambda: arun_load(server.url, images[:1], duration_s=warmup_s, clients=1, tokens=tokens[:1],
+                                       settings=settings))
+        return run_sync(lambda: arun_load(server.url, images, duration_s=duration_s, clients=clients, tokens=tokens,
+                                          settings=settings))

@@ -22,7 +22,10 @@ from typing import Any
 from amulet_lab.config import PROJECT_ROOT
 from amulet_lab.errors import ValidationError
 
-__all__ = ["machine_info", "machine_id", "git_commit", "cpu_model", "reference_workload", "REFERENCE_NAME"]
+__all__ = ["machine_info", "machine_id", "hardware_id", "DIRTY_PATHS", "git_commit", "cpu_model", "reference_workload", "REFERENCE_NAME"]
+
+#: The paths whose changes make a run's commit ``-dirty`` (code and its dependencies, not outputs).
+DIRTY_PATHS = ("amulet_lab", "notebooks", "pyproject.toml", "requirements.txt")
 
 #: The name of the default reference workload; it changes when the workload does.
 REFERENCE_NAME = "matmul-f32-256-t1-min"
@@ -40,8 +43,12 @@ def cpu_model() -> str:
 
 
 def git_commit(root: str | Path = PROJECT_ROOT) -> str:
-    """The checkout's commit (``git rev-parse HEAD``, ``-dirty`` appended when tracked files are modified),
-    or ``"unknown"`` outside a git checkout."""
+    """The checkout's commit (``git rev-parse HEAD``), with ``-dirty`` appended when the code differs from it,
+    or ``"unknown"`` outside a git checkout.
+
+    Only what the benchmark runs counts as code: ``DIRTY_PATHS`` (the package, the notebooks, the
+    dependency lists), new untracked files there included; ``reports/`` and other output do not.
+    """
 
     def git(*args: str) -> subprocess.CompletedProcess[str] | None:
         try:
@@ -54,7 +61,7 @@ def git_commit(root: str | Path = PROJECT_ROOT) -> str:
     if not commit:
         return "unknown"
     # A run of uncommitted code must not be filed under the commit it started from.
-    status = git("status", "--porcelain", "--untracked-files=no")
+    status = git("status", "--porcelain", "--", *DIRTY_PATHS)
     dirty = status is not None and status.returncode == 0 and bool(status.stdout.strip())
     return f"{commit}-dirty" if dirty else commit
 
@@ -71,22 +78,28 @@ def _static_info() -> dict[str, Any]:
     model = cpu_model()
     logical = os.cpu_count() or 1
     physical = psutil.cpu_count(logical=False) or logical
-    total_mb = psutil.virtual_memory().total / 2**20
+    total_bytes = psutil.virtual_memory().total
     return {
-        # The id names the hardware, not the person: a hash of the host, CPU and core count.
-        "machine_id": _hash(f"{host}|{model}|{logical}"),
+        # The id names the kind of hardware, not the host: short-lived CI and dev machines of one kind
+        # (same CPU, cores and memory) share a history and compare with each other.
+        "machine_id": hardware_id(model, logical, total_bytes),
         "hostname_hash": _hash(host),
         "cpu_model": model,
         "cores_logical": logical,
         "cores_physical": physical,
-        "memory_total_mb": round(total_mb),
+        "memory_total_mb": round(total_bytes / 2**20),
         "platform": platform.platform(),
         "python": platform.python_version(),
     }
 
 
+def hardware_id(cpu: str, logical_cores: int, memory_bytes: int) -> str:
+    """A short id of a kind of machine: hash of the CPU model, logical cores and memory rounded to GiB."""
+    return _hash(f"{cpu}|{int(logical_cores)}|{round(memory_bytes / 2**30)}GiB")
+
+
 def machine_id() -> str:
-    """A short stable id of this machine (hash of host name, CPU model and core count)."""
+    """A short stable id of this kind of machine (``hardware_id`` of this one; the host name plays no part)."""
     return str(_static_info()["machine_id"])
 
 

@@ -10,6 +10,7 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from amulet_lab.bench.stats import quartiles
 from amulet_lab.errors import ValidationError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -59,17 +60,17 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def _quartiles(values: Sequence[float]) -> tuple[float, float, float]:
-    if len(values) == 1:
-        return values[0], values[0], values[0]
-    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return q1, q2, q3
+    q1, q3 = quartiles(values)
+    return q1, statistics.median(values), q3
 
 
 def trend_figure(frame: Any, metrics: Mapping[str, Sequence[str]] | None = None, *, regressions: Iterable[Any] = ()) -> Figure:
     """One panel per scenario/variant and metric: value per run, running median and IQR band.
 
     ``frame`` is ``History.to_frame()`` (one machine, ideally); ``regressions`` are
-    ``MetricComparison`` rows whose latest points are drawn in red.
+    ``MetricComparison`` rows whose latest points are drawn in red. Runs are grouped as ``compare`` groups
+    baselines (``baseline_key``): each panel shows the runs sharing the latest run's parameters, so the
+    band drawn is the one the latest run was judged against.
     """
     import pandas as pd
 
@@ -82,6 +83,8 @@ def trend_figure(frame: Any, metrics: Mapping[str, Sequence[str]] | None = None,
         for metric in wanted.get(scenario, ()):
             rows = group[group["metric"] == metric].sort_values(["timestamp", "run_id"])
             rows = rows.dropna(subset=["value"])
+            if len(rows) and "baseline_key" in rows.columns:
+                rows = rows[rows["baseline_key"] == rows["baseline_key"].iloc[-1]]
             if len(rows):
                 series.append((scenario, variant, metric, rows))
     if not series:

@@ -141,7 +141,9 @@ def profile_pipeline(
     pool = sc.distinct_images(base, samples * 2, seed=seed)
     uncached, cached = with_cache(classifier, False), with_private_cache(classifier)
     monitor = memory.get_memory_monitor()
-    events_before = len(monitor.events)
+    # Events are picked by time, not by position: the monitor keeps them in a bounded deque, so once it is
+    # full an index taken now points at a different event later. The monitor stamps events with time.time.
+    since = time.time()
     checks: list[dict[str, Any]] = []
 
     def check(when: str) -> None:
@@ -166,7 +168,7 @@ def profile_pipeline(
         memory=mem,
         cache=cache,
         pressure_checks=checks,
-        pressure_events=list(monitor.events)[events_before:],
+        pressure_events=[e for e in list(monitor.events) if e.get("time", 0.0) >= since],
         thread_stats=threads.get_stats(),
         monitor_stats=performance_monitor.get_stats(),
         seconds=timer() - start,

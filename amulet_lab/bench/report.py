@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -79,18 +80,28 @@ def _execute(src: Path, dst: Path, parameters: Mapping[str, Any], *, kernel: str
 
     tmp = dst.with_name(f".tmp-{os.getpid()}-{dst.name}")
     try:
-        pm.execute_notebook(
-            str(src), str(tmp), parameters=dict(parameters), kernel_name=kernel, cwd=str(src.parent),
-            progress_bar=progress, log_output=False,
-        )
-    except pm.PapermillExecutionError as exc:
-        failed = dst.with_name(dst.stem + ".failed.ipynb")
-        os.replace(tmp, failed)
-        raise ProcessingError(
-            f"{src.name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue} (executed copy: {failed})",
-            stage="report", code="E_REPORT_NOTEBOOK",
-        ) from exc
-    os.replace(tmp, dst)
+        try:
+            pm.execute_notebook(
+                str(src), str(tmp), parameters=dict(parameters), kernel_name=kernel, cwd=str(src.parent),
+                progress_bar=progress, log_output=False,
+            )
+        except pm.PapermillExecutionError as exc:
+            failed = dst.with_name(dst.stem + ".failed.ipynb")
+            # Papermill writes the notebook as cells run; keep the executed copy when there is one.
+            kept = f" (executed copy: {failed})" if tmp.exists() else ""
+            if tmp.exists():
+                os.replace(tmp, failed)
+            raise ProcessingError(
+                f"{src.name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}{kept}",
+                stage="report", code="E_REPORT_NOTEBOOK",
+            ) from exc
+        if not tmp.exists():
+            raise ProcessingError(f"papermill wrote no notebook for {src.name}", stage="report", code="E_REPORT_NOTEBOOK")
+        os.replace(tmp, dst)
+    finally:
+        # Whatever happened (a kernel that died, Ctrl-C), no temp notebook is left beside the reports.
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
     return dst
 
 

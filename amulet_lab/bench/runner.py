@@ -172,6 +172,9 @@ def run_benchmarks(
     repeat_ratio: float = 0.5,
     cache: bool = False,
     url: str | None = None,
+    token: str | None = None,
+    headers: dict[str, str] | None = None,
+    image_sizes: Sequence[int] | None = None,
     record: bool = True,
     progress: bool = True,
     settings: Settings | None = None,
@@ -182,7 +185,10 @@ def run_benchmarks(
     ``samples`` distinct photos are the queries of each scenario; single_stream and offline go on
     cycling over them for at least ``min_duration_s``. ``threads`` sets torch's intra-op threads for the run (0: leave as is). With ``cache=False`` (the
     default) the scenarios other than ``cache`` run the same model with no image cache, so every query
-    does the whole work; the ``cache`` scenario always uses a fresh private cache.
+    does the whole work; the ``cache`` scenario always uses a fresh private cache. ``url`` (with ``token``
+    and ``headers``) sends the ``server`` scenario to a running service. ``image_sizes`` re-encodes the photo
+    pool with its longer side at each size and runs every scenario once per size (variant ``img=N``);
+    without it the photos are used as they are, once.
     """
     import torch
 
@@ -198,8 +204,8 @@ def run_benchmarks(
     sc._check_int("samples", samples)
     sc._check_int("threads", threads, 0)
     sc._check_pos("duration_s", duration_s)
-    if isinstance(min_duration_s, bool) or not isinstance(min_duration_s, (int, float)) or min_duration_s < 0:
-        raise ValidationError("min_duration_s must be a number >= 0", field="min_duration_s", value=min_duration_s)
+    sc._check_duration("min_duration_s", min_duration_s)
+    sizes_px: list[int | None] = [sc._check_int("image_size", n, 8) for n in image_sizes] if image_sizes else [None]
     started = timer()
     old_threads = torch.get_num_threads()
     if threads:
@@ -224,28 +230,40 @@ def run_benchmarks(
         run_id, stamp = new_run_id(), utc_now().isoformat(timespec="seconds")
         history = History(history_dir) if history_dir else History.from_settings(settings)
         results: list[sc.ScenarioResult] = []
-        for name in chosen:
-            if name == "single_stream":
-                results.append(sc.single_stream(subject, pool, queries=samples, min_duration_s=min_duration_s,
-                                                warmup=2, timer=timer, progress=progress))
-            elif name == "offline":
-                for bs in sizes:
-                    results.append(sc.offline(subject, pool, batch_size=bs, queries=samples,
-                                              min_duration_s=min_duration_s, warmup=1, timer=timer, progress=progress))
-            elif name == "server":
-                results.append(_server(subject, pool, settings=settings, target_qps=target_qps,
-                                       latency_bound_ms=latency_bound_ms, duration_s=duration_s,
-                                       threads=server_threads, max_batch=max(sizes), seed=seed, url=url,
-                                       search=server_search, steps=search_steps, progress=progress, timer=timer))
-            elif name == "cache":
-                cached = with_private_cache(classifier)
-                results.append(sc.cache_scenario(cached, base, repeat_ratio=repeat_ratio, queries=max(samples, 20),
-                                                 min_duration_s=min_duration_s, seed=seed, clear=cached.cache.clear,
-                                                 timer=timer, progress=progress))
-            elif name == "memory":
-                bs = max(sizes)
-                results.append(sc.memory_scenario(classifier_memory_stages(subject, pool, bs), timer=timer,
-                                                  params={"batch_size": bs}))
+        for px in sizes_px:
+            # Each image size gets its own re-encoded pools; without image_sizes the photos as they are, once.
+            sized_pool = pool if px is None else sc.resize_images(pool, px)
+            sized_base = base if px is None else sc.resize_images(base, px)
+            first = len(results)
+            for name in chosen:
+                if name == "single_stream":
+                    results.append(sc.single_stream(subject, sized_pool, queries=samples, min_duration_s=min_duration_s,
+                                                    warmup=2, timer=timer, progress=progress))
+                elif name == "offline":
+                    for bs in sizes:
+                        results.append(sc.offline(subject, sized_pool, batch_size=bs, queries=samples,
+                                                  min_duration_s=min_duration_s, warmup=1, timer=timer,
+                                                  progress=progress))
+                elif name == "server":
+                    results.append(_server(subject, sized_pool, settings=settings, target_qps=target_qps,
+                                           latency_bound_ms=latency_bound_ms, duration_s=duration_s,
+                                           threads=server_threads, max_batch=max(sizes), seed=seed, url=url,
+                                           token=token, headers=headers, search=server_search, steps=search_steps,
+                                           progress=progress, timer=timer))
+                elif name == "cache":
+                    cached = with_private_cache(classifier)
+                    results.append(sc.cache_scenario(cached, sized_base, repeat_ratio=repeat_ratio,
+                                                     queries=max(samples, 20), min_duration_s=min_duration_s,
+                                                     seed=seed, clear=cached.cache.clear, timer=timer,
+                                                     progress=progress))
+                elif name == "memory":
+                    bs = max(sizes)
+                    results.append(sc.memory_scenario(classifier_memory_stages(subject, sized_pool, bs), timer=timer,
+                                                      params={"batch_size": bs}))
+            if px is not None:
+                for r in results[first:]:
+                    r.variant = ",".join(v for v in (r.variant, f"img={px}") if v)
+                    r.params["image_size"] = px
         # Timed before and after the scenarios; the faster of the two is the machine's speed this run.
         ref_after = reference_workload()
         reference = {**ref_before, "ms": min(ref_before["ms"], ref_after["ms"]),
@@ -264,6 +282,8 @@ def run_benchmarks(
         for r in results:
             r.params.setdefault("samples", samples)
             r.params.setdefault("cache", cache)
+            # compare matches a baseline on params: runs on another number of torch threads are another workload.
+            r.params.setdefault("torch_threads", torch.get_num_threads())
         records = [{**common, **r.to_record()} for r in results]
         if record:
             history.extend(records)
@@ -276,11 +296,12 @@ def run_benchmarks(
 
 
 def _server(clf: Any, pool: list[bytes], *, settings: Settings, target_qps: float | None, latency_bound_ms: float,
-            duration_s: float, threads: int, max_batch: int, seed: int, url: str | None, search: bool, steps: int,
-            progress: bool, timer: Callable[[], float]) -> sc.ScenarioResult:
+            duration_s: float, threads: int, max_batch: int, seed: int, url: str | None, token: str | None,
+            headers: dict[str, str] | None, search: bool, steps: int, progress: bool,
+            timer: Callable[[], float]) -> sc.ScenarioResult:
     pipeline = None if url else clf
     common = dict(latency_bound_ms=latency_bound_ms, duration_s=duration_s, threads=threads, max_batch=max_batch,
-                  seed=seed, url=url, settings=settings, timer=timer, progress=progress)
+                  seed=seed, url=url, token=token, headers=headers, settings=settings, timer=timer, progress=progress)
     if search and target_qps is None:
         return sc.server_search(pipeline, pool, steps=steps, **common)
     if target_qps is None:

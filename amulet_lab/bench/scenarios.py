@@ -7,7 +7,10 @@
   With ``url=`` the same load drives a running service (``POST /predict``, multipart ``front``).
 - ``cache``: a query stream that repeats earlier images with a given probability; hit and miss
   latency and the hit rate.
-- ``memory``: peak RSS per pipeline stage (``memory_profiler.memory_usage`` samples the process).
+- ``memory``: peak RSS per pipeline stage (``amulet_lab.memory.RssSampler``: a thread samples this process).
+
+``server`` and ``server_search`` have async twins (``aserver``, ``aserver_search``) for code that is
+already in an event loop; the sync ones work in a notebook cell too (``amulet_lab.bench.aio.run_sync``).
 
 A pipeline is anything with ``predict(image, top_k=...)`` and ``predict_batch(images, batch_size=...)``
 returning objects with ``.timings`` (ms per stage) and ``.cache_hit``; ``AmuletClassifier`` is one.
@@ -16,6 +19,7 @@ Every scenario is seeded and takes every knob as an argument; the clock and slee
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import io
 import math
@@ -24,12 +28,14 @@ import random
 import statistics
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
-from amulet_lab.errors import ProcessingError, ValidationError
+from amulet_lab.bench.aio import run_sync
+from amulet_lab.bench.stats import percentile
+from amulet_lab.errors import AmuletError, ProcessingError, ValidationError
 
 __all__ = [
     "Pipeline",
@@ -39,10 +45,14 @@ __all__ = [
     "offline",
     "server",
     "server_search",
+    "aserver",
+    "aserver_search",
     "cache_scenario",
     "memory_scenario",
+    "image_paths",
     "load_images",
     "distinct_images",
+    "resize_images",
     "percentile",
 ]
 
@@ -102,16 +112,6 @@ def _finite(value: float) -> float | None:
     return round(value, 6) if math.isfinite(value) else None
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0..100) with linear interpolation; NaN for no values."""
-    if not values:
-        return float("nan")
-    data = sorted(values)
-    pos = (len(data) - 1) * q / 100.0
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
-
-
 def _latency_metrics(latencies: Sequence[float], prefix: str = "latency") -> dict[str, float]:
     return {
         f"{prefix}_p50_ms": percentile(latencies, 50),
@@ -150,6 +150,13 @@ def _check_pos(name: str, value: Any) -> float:
     return float(value)
 
 
+def _check_duration(name: str, value: Any) -> float:
+    """A duration in seconds in [0, 3600): the one validator of every ``min_duration_s``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 3600:
+        raise ValidationError(f"{name} must be a number of seconds in [0, 3600), got {value!r}", field=name, value=value)
+    return float(value)
+
+
 def _check_images(images: Sequence[Any]) -> list[Any]:
     items = list(images)
     if not items:
@@ -164,22 +171,46 @@ def _progress(iterable: Any = None, *, total: int | None = None, desc: str, enab
 
 
 # ----------------------------------------------------------------------------------------- inputs
-def load_images(data_dir: str | Path, *, limit: int | None = None, seed: int = 0) -> list[bytes]:
-    """The bytes of up to ``limit`` images under ``data_dir`` (any depth), shuffled with ``seed``.
+def image_paths(root: str | Path, *, limit: int | None = None, seed: int | None = None) -> list[Path]:
+    """Image files under ``root`` (any depth; ``amulet_lab.data.IMAGE_SUFFIXES``), in path order or shuffled
+    with ``seed``, at most ``limit`` of them."""
+    from amulet_lab.data.dataset import IMAGE_SUFFIXES
+
+    folder = Path(root)
+    if not folder.is_dir():
+        raise ValidationError(f"data folder not found: {folder}", field="data_dir", value=str(folder), code="E_NO_SAMPLES")
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise ValidationError(f"no images under {folder}", field="data_dir", value=str(folder), code="E_NO_SAMPLES")
+    if seed is not None:
+        random.Random(seed).shuffle(paths)
+    if limit is not None:
+        paths = paths[: _check_int("limit", limit)]
+    return paths
+
+
+def load_images(data_dir: str | Path, *, limit: int | None = None, seed: int | None = 0) -> list[bytes]:
+    """The bytes of up to ``limit`` images under ``data_dir`` (any depth), shuffled with ``seed`` (None: path order).
 
     Bytes, not paths: the scenarios then time decoding, not the disk.
     """
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise ValidationError(f"data folder not found: {root}", field="data_dir", value=str(root), code="E_NO_SAMPLES")
-    suffixes = {".jpg", ".jpeg", ".png", ".webp", ".heic", ".bmp"}
-    paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
-    if not paths:
-        raise ValidationError(f"no images under {root}", field="data_dir", value=str(root), code="E_NO_SAMPLES")
-    random.Random(seed).shuffle(paths)
-    if limit is not None:
-        paths = paths[: _check_int("limit", limit)]
-    return [p.read_bytes() for p in paths]
+    return [p.read_bytes() for p in image_paths(data_dir, limit=limit, seed=seed)]
+
+
+def resize_images(images: Sequence[bytes], size: int, *, quality: int = 92) -> list[bytes]:
+    """Each image re-encoded as JPEG with its longer side ``size`` px (aspect kept): the ``image_sizes`` knob."""
+    from PIL import Image
+
+    side = _check_int("image_size", size, 8)
+    out = []
+    for data in _check_images(images):
+        img = Image.open(io.BytesIO(data)).convert("RGB")
+        scale = side / max(img.size)
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=quality)
+        out.append(buf.getvalue())
+    return out
 
 
 def distinct_images(images: Sequence[bytes], n: int, *, seed: int = 0) -> list[bytes]:
@@ -228,22 +259,20 @@ def single_stream(
     items = _check_images(images)
     n = _check_int("queries", queries if queries is not None else len(items))
     _check_int("warmup", warmup, 0)
-    if isinstance(min_duration_s, bool) or not isinstance(min_duration_s, (int, float)) or not 0 <= min_duration_s < 3600:
-        raise ValidationError("min_duration_s must be in [0, 3600)", field="min_duration_s", value=min_duration_s)
+    _check_duration("min_duration_s", min_duration_s)
     for i in range(warmup):
         pipeline.predict(items[i % len(items)], top_k=top_k)
     latencies, preds = [], []
-    bar = _progress(total=n, desc="single_stream", enabled=progress)
-    start = timer()
-    i = 0
-    while i < n or timer() - start < min_duration_s:
-        t0 = timer()
-        preds.append(pipeline.predict(items[i % len(items)], top_k=top_k))
-        latencies.append((timer() - t0) * 1000.0)
-        i += 1
-        bar.update(1)
-    wall = timer() - start
-    bar.close()
+    with _progress(total=n, desc="single_stream", enabled=progress) as bar:
+        start = timer()
+        i = 0
+        while i < n or timer() - start < min_duration_s:
+            t0 = timer()
+            preds.append(pipeline.predict(items[i % len(items)], top_k=top_k))
+            latencies.append((timer() - t0) * 1000.0)
+            i += 1
+            bar.update(1)
+        wall = timer() - start
     stages = _stage_means(preds)
     metrics = {**_latency_metrics(latencies), "qps": i / wall if wall > 0 else float("nan"), **_stage_metrics(stages),
                "queries_run": float(i)}
@@ -271,8 +300,7 @@ def offline(
     bs = _check_int("batch_size", batch_size)
     n = _check_int("queries", queries if queries is not None else len(items))
     _check_int("warmup", warmup, 0)
-    if isinstance(min_duration_s, bool) or not isinstance(min_duration_s, (int, float)) or not 0 <= min_duration_s < 3600:
-        raise ValidationError("min_duration_s must be in [0, 3600)", field="min_duration_s", value=min_duration_s)
+    _check_duration("min_duration_s", min_duration_s)
     stream = [items[i % len(items)] for i in range(n)]
     for _ in range(warmup):
         pipeline.predict_batch(stream[:bs], batch_size=bs)
@@ -280,24 +308,24 @@ def offline(
     preds: list[Any] = []
     batch_ms: list[float] = []
     sizes: list[int] = []
-    bar = _progress(total=len(batches), desc=f"offline bs={bs}", enabled=progress)
-    start = timer()
-    k = 0
-    while k < len(batches) or timer() - start < min_duration_s:
-        batch = batches[k % len(batches)]
-        t0 = timer()
-        out = pipeline.predict_batch(batch, batch_size=bs)
-        batch_ms.append((timer() - t0) * 1000.0)
-        if len(out) != len(batch):
-            raise ProcessingError(
-                f"predict_batch returned {len(out)} predictions for {len(batch)} images", stage="infer", code="E_BENCH_BATCH"
-            )
-        preds.extend(out)
-        sizes.append(len(batch))
-        k += 1
-        bar.update(1)
-    wall = timer() - start
-    bar.close()
+    with _progress(total=len(batches), desc=f"offline bs={bs}", enabled=progress) as bar:
+        start = timer()
+        k = 0
+        while k < len(batches) or timer() - start < min_duration_s:
+            batch = batches[k % len(batches)]
+            t0 = timer()
+            out = pipeline.predict_batch(batch, batch_size=bs)
+            batch_ms.append((timer() - t0) * 1000.0)
+            if len(out) != len(batch):
+                raise ProcessingError(
+                    f"predict_batch returned {len(out)} predictions for {len(batch)} images", stage="infer",
+                    code="E_BENCH_BATCH",
+                )
+            preds.extend(out)
+            sizes.append(len(batch))
+            k += 1
+            bar.update(1)
+        wall = timer() - start
     stages = _stage_means(preds)
     done = sum(sizes)
     metrics = {
@@ -332,23 +360,35 @@ def _local_caller(pipeline: Pipeline, top_k: int) -> Callable[[list[Any]], list[
     return call
 
 
-def _serve_http(
+@dataclasses.dataclass
+class _Served:
+    """What one server run collected: latency per query (NaN when refused), predictions, batch sizes, wall time."""
+
+    latencies: list[float]
+    preds: list[Any]
+    sizes: list[int]
+    wall: float
+    refused: int = 0
+
+
+async def _aserve_http(
     url: str,
     items: list[Any],
     arrivals: list[float],
     *,
     connections: int,
+    headers: Mapping[str, str],
     settings: Any,
     progress: bool,
     desc: str,
-) -> tuple[list[float], list[Any], list[int], float]:
+) -> _Served:
     """Issue ``POST {url}/predict`` (multipart ``front``) at ``arrivals`` through one ``HttpPool``.
 
-    The pool is asyncio-based, so the load generator is too: one task per query, started at its
-    scheduled time; latency runs from the scheduled time to the answer, as in ``_serve``.
+    One task per query, started at its scheduled time; latency runs from the scheduled time to the
+    answer, as in ``_serve``. A 429 counts the query as refused and every later query waits out the
+    ``Retry-After`` (its latency still runs from its own schedule); any other failure ends the run.
     """
-    import asyncio
-
+    from amulet_lab.bench.http_client import post_predict
     from amulet_lab.errors import CircuitBreaker, RetryPolicy
     from amulet_lab.perf import HttpPool
 
@@ -357,36 +397,46 @@ def _serve_http(
         endpoint += "/predict"
     latencies: list[float] = [float("nan")] * len(arrivals)
     preds: list[Any] = [None] * len(arrivals)
-    bar = _progress(total=len(arrivals), desc=desc, enabled=progress)
+    loop = asyncio.get_running_loop()
+    backoff = {"until": 0.0, "refused": 0}
 
-    async def one(pool: Any, i: int, due: float, loop: asyncio.AbstractEventLoop) -> None:
+    async def one(pool: Any, bar: Any, i: int, due: float) -> None:
         await asyncio.sleep(max(0.0, due - loop.time()))
-        data = items[i % len(items)]
-        response = await pool.post(endpoint, files={"front": (f"q{i}.jpg", bytes(data), "image/jpeg")})
+        if backoff["until"] > loop.time():  # the service asked us to back off: honour it
+            await asyncio.sleep(backoff["until"] - loop.time())
+        outcome = await post_predict(pool, endpoint, bytes(items[i % len(items)]), headers=headers, filename=f"q{i}.jpg")
+        bar.update(1)
+        if outcome.refused:
+            backoff["refused"] += 1
+            backoff["until"] = max(backoff["until"], loop.time() + outcome.retry_after_s)
+            return
+        if not outcome.ok:
+            what = f"no answer ({outcome.lost_reason})" if outcome.lost else f"{outcome.status}: {outcome.body}"
+            raise ProcessingError(f"{endpoint} answered {what}", stage="http", code="E_BENCH_HTTP",
+                                  context={"status": outcome.status})
         latencies[i] = (loop.time() - due) * 1000.0
-        if response.status_code != 200:
-            raise ProcessingError(
-                f"{endpoint} answered {response.status_code}: {response.text[:200]}", stage="http", code="E_BENCH_HTTP"
-            )
-        body = response.json()
+        body = outcome.body
         front = body.get("front", body) if isinstance(body, dict) else {}
         preds[i] = _Remote(timings=dict(front.get("timings") or {}), cache_hit=bool(front.get("cache_hit", False)))
-        bar.update(1)
 
-    async def main() -> float:
-        loop = asyncio.get_running_loop()
-        # Connection failures and timeouts are retried (briefly: a retried query still counts its full latency);
-        # a breaker stops the run fast when the service is down instead of queueing every query on a dead host.
-        retry = RetryPolicy(max_retries=2, delay=0.05, max_delay=0.5)
-        breaker = CircuitBreaker(failure_threshold=5, timeout=5.0, name="bench-server")
+    # Connection failures and timeouts are retried (briefly: a retried query still counts its full latency);
+    # a breaker stops the run fast when the service is down instead of queueing every query on a dead host.
+    retry = RetryPolicy(max_retries=2, delay=0.05, max_delay=0.5)
+    breaker = CircuitBreaker(failure_threshold=5, timeout=5.0, name="bench-server")
+    with _progress(total=len(arrivals), desc=desc, enabled=progress) as bar:
         async with HttpPool(settings=settings, max_connections=connections, retry=retry, breaker=breaker) as pool:
             start = loop.time()
-            await asyncio.gather(*(one(pool, i, start + at, loop) for i, at in enumerate(arrivals)))
-            return loop.time() - start
-
-    wall = asyncio.run(main())
-    bar.close()
-    return latencies, preds, [1] * len(arrivals), wall
+            try:
+                # A TaskGroup, not gather: the first failed query cancels the rest instead of letting them run on.
+                async with asyncio.TaskGroup() as group:
+                    for i, at in enumerate(arrivals):
+                        group.create_task(one(pool, bar, i, start + at))
+            except ExceptionGroup as failed:
+                first = failed.exceptions[0]
+                code = first.code if isinstance(first, AmuletError) else "E_BENCH_HTTP"
+                raise ProcessingError(f"server run against {endpoint} failed: {first}", stage="http", code=code) from failed
+            wall = loop.time() - start
+    return _Served(latencies, preds, [1] * len(arrivals), wall, backoff["refused"])
 
 
 @dataclasses.dataclass
@@ -408,7 +458,7 @@ def _serve(
     sleep: Callable[[float], None],
     progress: bool,
     desc: str,
-) -> tuple[list[float], list[Any], list[int], float]:
+) -> _Served:
     """Issue queries at ``arrivals``; ``threads`` workers each take what is queued (up to ``max_batch``).
 
     Latency runs from the *scheduled* arrival to completion, so time spent queued (or issued late
@@ -421,7 +471,7 @@ def _serve(
     lock = threading.Lock()
     errors: list[BaseException] = []
 
-    def worker() -> None:
+    def worker(bar: Any) -> None:
         while True:
             first = pending.get()
             if first is None:
@@ -450,24 +500,78 @@ def _serve(
                     preds[i] = pred
                 bar.update(len(batch))
 
-    bar = _progress(total=len(arrivals), desc=desc, enabled=progress)
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="bench-server") as pool:
-        futures = [pool.submit(worker) for _ in range(threads)]
+    with _progress(total=len(arrivals), desc=desc, enabled=progress) as bar, \
+            ThreadPoolExecutor(max_workers=threads, thread_name_prefix="bench-server") as pool:
+        futures = [pool.submit(worker, bar) for _ in range(threads)]
         start = timer()
-        for i, at in enumerate(arrivals):
-            delay = start + at - timer()
-            if delay > 0:
-                sleep(delay)
-            pending.put((i, start + at))
-        for _ in range(threads):
-            pending.put(None)
+        try:
+            for i, at in enumerate(arrivals):
+                delay = start + at - timer()
+                if delay > 0:
+                    sleep(delay)
+                pending.put((i, start + at))
+        finally:
+            for _ in range(threads):  # the workers stop even when issuing was interrupted
+                pending.put(None)
         for f in futures:
             f.result()
         wall = timer() - start
-    bar.close()
     if errors:
         raise ProcessingError(f"{len(errors)} server query batch(es) failed: {errors[0]!r}", stage="bench") from errors[0]
-    return latencies, preds, batch_sizes, wall
+    return _Served(latencies, preds, batch_sizes, wall)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ServerPlan:
+    """A validated server run: what to issue and how, before any I/O (shared by ``server`` and ``aserver``)."""
+
+    items: list[Any]
+    arrivals: list[float]
+    params: dict[str, Any]
+    bound: float
+    desc: str
+
+
+def _plan_server(pipeline: Any, images: Sequence[Any], *, target_qps: float, latency_bound_ms: float,
+                 duration_s: float, threads: int, max_batch: int, seed: int, url: str | None) -> _ServerPlan:
+    items = _check_images(images)
+    qps = _check_pos("target_qps", target_qps)
+    bound = _check_pos("latency_bound_ms", latency_bound_ms)
+    dur = _check_pos("duration_s", duration_s)
+    _check_int("threads", threads)
+    _check_int("max_batch", max_batch)
+    if url is None and pipeline is None:
+        raise ValidationError("server needs a pipeline or a url", field="pipeline", code="E_BENCH_TARGET")
+    params = {"target_qps": round(qps, 6), "latency_bound_ms": bound, "duration_s": dur, "threads": threads,
+              "max_batch": max_batch, "seed": seed, "url": url}
+    return _ServerPlan(items, poisson_arrivals(qps, dur, seed), params, bound, f"server {qps:.3g} qps")
+
+
+def _server_result(plan: _ServerPlan, served: _Served) -> ScenarioResult:
+    """The ``server`` result from what a run collected (latencies of answered queries only)."""
+    answered = [v for v in served.latencies if not math.isnan(v)]
+    stages = _stage_means([p for p in served.preds if p is not None])
+    p99 = percentile(answered, 99)
+    n = len(served.latencies)
+    metrics = {
+        "achieved_qps": len(answered) / served.wall if served.wall > 0 else float("nan"),
+        **_latency_metrics(answered),
+        "within_bound": sum(1 for v in answered if v <= plan.bound) / n,
+        # A refused query did not meet the bound either: a rate-limited run does not count as meeting it.
+        "meets_bound": 1.0 if answered and p99 <= plan.bound and not served.refused else 0.0,
+        "queries": float(n),
+        "refused": float(served.refused),
+        **_stage_metrics(stages),
+        "avg_batch_size": statistics.fmean(served.sizes) if served.sizes else float("nan"),
+    }
+    return ScenarioResult("server", dict(plan.params), metrics, stages, metrics["avg_batch_size"],
+                          latencies_ms=answered)
+
+
+def _http_headers(token: str | None, headers: Mapping[str, str] | None) -> dict[str, str]:
+    from amulet_lab.bench.http_client import bearer_headers
+
+    return bearer_headers(token, headers)
 
 
 def server(
@@ -482,6 +586,8 @@ def server(
     seed: int = 0,
     top_k: int = 3,
     url: str | None = None,
+    token: str | None = None,
+    headers: Mapping[str, str] | None = None,
     settings: Any = None,
     timer: Callable[[], float] = time.perf_counter,
     sleep: Callable[[float], None] = time.sleep,
@@ -490,47 +596,98 @@ def server(
     """Poisson arrivals at ``target_qps`` for ``duration_s``: achieved QPS, latency percentiles, bound met.
 
     In-process on a thread pool of ``threads`` workers that batch up to ``max_batch`` queued queries;
-    with ``url`` each query is sent to a running service instead (``pipeline`` is then unused).
+    with ``url`` each query is sent to a running service instead (``pipeline`` is then unused), with
+    ``token`` as a bearer token and ``headers`` added. A 429 is counted in ``refused`` and its
+    ``Retry-After`` honoured. Works inside a running event loop (a notebook cell); see ``aserver``.
     """
-    items = _check_images(images)
-    qps = _check_pos("target_qps", target_qps)
-    bound = _check_pos("latency_bound_ms", latency_bound_ms)
-    dur = _check_pos("duration_s", duration_s)
-    _check_int("threads", threads)
-    _check_int("max_batch", max_batch)
-    if url is None and pipeline is None:
-        raise ValidationError("server needs a pipeline or a url", field="pipeline", code="E_BENCH_TARGET")
-    arrivals = poisson_arrivals(qps, dur, seed)
+    plan = _plan_server(pipeline, images, target_qps=target_qps, latency_bound_ms=latency_bound_ms,
+                        duration_s=duration_s, threads=threads, max_batch=max_batch, seed=seed, url=url)
     if url:
-        latencies, preds, sizes, wall = _serve_http(
-            url, items, arrivals, connections=threads, settings=settings, progress=progress, desc=f"server {qps:.3g} qps"
-        )
+        sent = _http_headers(token, headers)
+        served = run_sync(lambda: _aserve_http(url, plan.items, plan.arrivals, connections=threads, headers=sent,
+                                               settings=settings, progress=progress, desc=plan.desc))
     else:
-        latencies, preds, sizes, wall = _serve(
-            _local_caller(pipeline, top_k), items, arrivals, threads=threads, max_batch=max_batch,  # type: ignore[arg-type]
-            timer=timer, sleep=sleep, progress=progress, desc=f"server {qps:.3g} qps",
-        )
-    stages = _stage_means([p for p in preds if p is not None])
-    p99 = percentile(latencies, 99)
-    metrics = {
-        "achieved_qps": len(latencies) / wall if wall > 0 else float("nan"),
-        **_latency_metrics(latencies),
-        "within_bound": sum(1 for v in latencies if v <= bound) / len(latencies),
-        "meets_bound": 1.0 if p99 <= bound else 0.0,
-        "queries": float(len(latencies)),
-        **_stage_metrics(stages),
-        "avg_batch_size": statistics.fmean(sizes) if sizes else float("nan"),
-    }
-    params = {
-        "target_qps": round(qps, 6),
-        "latency_bound_ms": bound,
-        "duration_s": dur,
-        "threads": threads,
-        "max_batch": max_batch,
-        "seed": seed,
-        "url": url,
-    }
-    return ScenarioResult("server", params, metrics, stages, metrics["avg_batch_size"], latencies_ms=latencies)
+        served = _serve(_local_caller(pipeline, top_k), plan.items, plan.arrivals, threads=threads,  # type: ignore[arg-type]
+                        max_batch=max_batch, timer=timer, sleep=sleep, progress=progress, desc=plan.desc)
+    return _server_result(plan, served)
+
+
+async def aserver(
+    pipeline: Pipeline | None,
+    images: Sequence[Any],
+    *,
+    target_qps: float = 10.0,
+    latency_bound_ms: float = 100.0,
+    duration_s: float = 5.0,
+    threads: int = 2,
+    max_batch: int = 4,
+    seed: int = 0,
+    top_k: int = 3,
+    url: str | None = None,
+    token: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    settings: Any = None,
+    timer: Callable[[], float] = time.perf_counter,
+    sleep: Callable[[float], None] = time.sleep,
+    progress: bool = True,
+) -> ScenarioResult:
+    """``server`` for async code: the HTTP load runs on the caller's loop, the in-process one in a worker thread."""
+    plan = _plan_server(pipeline, images, target_qps=target_qps, latency_bound_ms=latency_bound_ms,
+                        duration_s=duration_s, threads=threads, max_batch=max_batch, seed=seed, url=url)
+    if url:
+        served = await _aserve_http(url, plan.items, plan.arrivals, connections=threads,
+                                    headers=_http_headers(token, headers), settings=settings, progress=progress,
+                                    desc=plan.desc)
+    else:
+        served = await asyncio.to_thread(
+            _serve, _local_caller(pipeline, top_k), plan.items, plan.arrivals, threads=threads,  # type: ignore[arg-type]
+            max_batch=max_batch, timer=timer, sleep=sleep, progress=progress, desc=plan.desc)
+    return _server_result(plan, served)
+
+
+def _search(*, latency_bound_ms: float, qps_low: float, qps_high: float | None, steps: int, duration_s: float,
+            threads: int, max_batch: int, seed: int, url: str | None,
+            ) -> Generator[dict[str, Any], ScenarioResult, ScenarioResult]:
+    """The I/O-free core of ``server_search``: yields the keyword arguments of each server run to do,
+    is sent its result, and returns the search result. ``server_search`` and ``aserver_search`` drive it."""
+    bound = _check_pos("latency_bound_ms", latency_bound_ms)
+    lo = _check_pos("qps_low", qps_low)
+    _check_int("steps", steps)
+    auto_high = qps_high is None
+    if qps_high is None:
+        # Capacity guess from a short, gentle probe at qps_low: threads / median latency, doubled.
+        probe = yield dict(target_qps=lo, latency_bound_ms=bound, duration_s=min(duration_s, 1.0), threads=threads,
+                           max_batch=1, seed=seed, progress=False)
+        p50 = probe.metrics["latency_p50_ms"]
+        per_query_s = max(p50 / 1000.0, 1e-4) if math.isfinite(p50) else 1.0  # all refused: assume 1 s
+        qps_high = max(2.0 * threads / per_query_s, lo * 2)
+    hi = _check_pos("qps_high", qps_high)
+    if hi <= lo:
+        raise ValidationError("qps_high must be above qps_low", field="qps_high", value=hi)
+    common = dict(latency_bound_ms=bound, duration_s=duration_s, threads=threads, max_batch=max_batch, seed=seed)
+    trace: list[dict[str, float]] = []
+    best: ScenarioResult | None = None
+    first = yield dict(target_qps=lo, **common)
+    trace.append({"target_qps": lo, "p99_ms": first.metrics["latency_p99_ms"], "meets": first.metrics["meets_bound"]})
+    if first.metrics["meets_bound"]:
+        best = first
+        for _ in range(steps):
+            mid = math.sqrt(lo * hi)
+            result = yield dict(target_qps=mid, **common)
+            trace.append({"target_qps": mid, "p99_ms": result.metrics["latency_p99_ms"],
+                          "meets": result.metrics["meets_bound"]})
+            if result.metrics["meets_bound"]:
+                lo, best = mid, result
+            else:
+                hi = mid
+    final = best or first
+    metrics = {**final.metrics, "max_qps_meeting_bound": lo if best else 0.0, "search_qps_high": hi}
+    params = {"latency_bound_ms": bound, "qps_low": qps_low, "steps": steps, "duration_s": duration_s, "threads": threads,
+              "max_batch": max_batch, "seed": seed, "url": url, "qps_high": "auto" if auto_high else round(hi, 6)}
+    return ScenarioResult(
+        "server", params, metrics, final.stages, final.avg_batch_size, variant="search",
+        latencies_ms=final.latencies_ms, extra={"search": trace},
+    )
 
 
 def server_search(
@@ -546,6 +703,8 @@ def server_search(
     max_batch: int = 4,
     seed: int = 0,
     url: str | None = None,
+    token: str | None = None,
+    headers: Mapping[str, str] | None = None,
     settings: Any = None,
     timer: Callable[[], float] = time.perf_counter,
     sleep: Callable[[float], None] = time.sleep,
@@ -558,44 +717,48 @@ def server_search(
     The result carries the last run at the best QPS found plus ``max_qps_meeting_bound``.
     """
     items = _check_images(images)
-    bound = _check_pos("latency_bound_ms", latency_bound_ms)
-    lo = _check_pos("qps_low", qps_low)
-    _check_int("steps", steps)
-    auto_high = qps_high is None
-    if qps_high is None:
-        # Capacity guess from a short, gentle probe at qps_low: threads / median latency, doubled.
-        probe = server(pipeline, items, target_qps=lo, latency_bound_ms=bound, duration_s=min(duration_s, 1.0),
-                       threads=threads, max_batch=1, seed=seed, url=url, settings=settings, timer=timer,
-                       sleep=sleep, progress=False)
-        per_query_s = max(probe.metrics["latency_p50_ms"] / 1000.0, 1e-4)
-        qps_high = max(2.0 * threads / per_query_s, lo * 2)
-    hi = _check_pos("qps_high", qps_high)
-    if hi <= lo:
-        raise ValidationError("qps_high must be above qps_low", field="qps_high", value=hi)
-    common = dict(latency_bound_ms=bound, duration_s=duration_s, threads=threads, max_batch=max_batch, seed=seed,
-                  url=url, settings=settings, timer=timer, sleep=sleep, progress=progress)
-    trace: list[dict[str, float]] = []
-    best: ScenarioResult | None = None
-    first = server(pipeline, items, target_qps=lo, **common)  # type: ignore[arg-type]
-    trace.append({"target_qps": lo, "p99_ms": first.metrics["latency_p99_ms"], "meets": first.metrics["meets_bound"]})
-    if first.metrics["meets_bound"]:
-        best = first
-        for _ in range(steps):
-            mid = math.sqrt(lo * hi)
-            result = server(pipeline, items, target_qps=mid, **common)  # type: ignore[arg-type]
-            trace.append({"target_qps": mid, "p99_ms": result.metrics["latency_p99_ms"], "meets": result.metrics["meets_bound"]})
-            if result.metrics["meets_bound"]:
-                lo, best = mid, result
-            else:
-                hi = mid
-    final = best or first
-    metrics = {**final.metrics, "max_qps_meeting_bound": lo if best else 0.0, "search_qps_high": hi}
-    params = {"latency_bound_ms": bound, "qps_low": qps_low, "steps": steps, "duration_s": duration_s, "threads": threads,
-              "max_batch": max_batch, "seed": seed, "url": url, "qps_high": "auto" if auto_high else round(hi, 6)}
-    return ScenarioResult(
-        "server", params, metrics, final.stages, final.avg_batch_size, variant="search",
-        latencies_ms=final.latencies_ms, extra={"search": trace},
-    )
+    fixed = dict(url=url, token=token, headers=headers, settings=settings, timer=timer, sleep=sleep)
+    steps_ = _search(latency_bound_ms=latency_bound_ms, qps_low=qps_low, qps_high=qps_high, steps=steps,
+                     duration_s=duration_s, threads=threads, max_batch=max_batch, seed=seed, url=url)
+    try:
+        run = next(steps_)
+        while True:
+            run = steps_.send(server(pipeline, items, **{"progress": progress, **fixed, **run}))
+    except StopIteration as done:
+        return done.value
+
+
+async def aserver_search(
+    pipeline: Pipeline | None,
+    images: Sequence[Any],
+    *,
+    latency_bound_ms: float = 100.0,
+    qps_low: float = 1.0,
+    qps_high: float | None = None,
+    steps: int = 5,
+    duration_s: float = 3.0,
+    threads: int = 2,
+    max_batch: int = 4,
+    seed: int = 0,
+    url: str | None = None,
+    token: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    settings: Any = None,
+    timer: Callable[[], float] = time.perf_counter,
+    sleep: Callable[[float], None] = time.sleep,
+    progress: bool = True,
+) -> ScenarioResult:
+    """``server_search`` for async code (each run through ``aserver``)."""
+    items = _check_images(images)
+    fixed = dict(url=url, token=token, headers=headers, settings=settings, timer=timer, sleep=sleep)
+    steps_ = _search(latency_bound_ms=latency_bound_ms, qps_low=qps_low, qps_high=qps_high, steps=steps,
+                     duration_s=duration_s, threads=threads, max_batch=max_batch, seed=seed, url=url)
+    try:
+        run = next(steps_)
+        while True:
+            run = steps_.send(await aserver(pipeline, items, **{"progress": progress, **fixed, **run}))
+    except StopIteration as done:
+        return done.value
 
 
 # ------------------------------------------------------------------------------------------ cache
@@ -635,26 +798,24 @@ def cache_scenario(
     """
     stream = repeat_stream(_check_int("queries", queries), repeat_ratio, seed)
     pool = distinct_images(_check_images(images), max(stream) + 1, seed=seed)
-    if isinstance(min_duration_s, bool) or not isinstance(min_duration_s, (int, float)) or not 0 <= min_duration_s < 3600:
-        raise ValidationError("min_duration_s must be in [0, 3600)", field="min_duration_s", value=min_duration_s)
+    _check_duration("min_duration_s", min_duration_s)
     hits: list[float] = []
     misses: list[float] = []
     preds: list[Any] = []
     passes = 0
-    bar = _progress(total=len(stream), desc=f"cache r={repeat_ratio}", enabled=progress)
-    start = timer()
-    while passes == 0 or (clear is not None and timer() - start < min_duration_s):
-        if clear is not None:
-            clear()
-        for i in stream:
-            t0 = timer()
-            pred = pipeline.predict(pool[i], top_k=top_k)
-            ms = (timer() - t0) * 1000.0
-            (hits if getattr(pred, "cache_hit", False) else misses).append(ms)
-            preds.append(pred)
-            bar.update(1)
-        passes += 1
-    bar.close()
+    with _progress(total=len(stream), desc=f"cache r={repeat_ratio}", enabled=progress) as bar:
+        start = timer()
+        while passes == 0 or (clear is not None and timer() - start < min_duration_s):
+            if clear is not None:
+                clear()
+            for i in stream:
+                t0 = timer()
+                pred = pipeline.predict(pool[i], top_k=top_k)
+                ms = (timer() - t0) * 1000.0
+                (hits if getattr(pred, "cache_hit", False) else misses).append(ms)
+                preds.append(pred)
+                bar.update(1)
+            passes += 1
     total = len(hits) + len(misses)
     expected = 1 - (max(stream) + 1) / len(stream)
     hit_p50, miss_p50 = percentile(hits, 50), percentile(misses, 50)
@@ -688,27 +849,25 @@ def memory_scenario(
 ) -> ScenarioResult:
     """Peak RSS (MB) of this process during each stage; each stage gets the previous stage's output.
 
-    ``memory_profiler.memory_usage`` samples the process every ``interval_s`` from a helper process
-    while the stage runs, so short peaks (a batch tensor freed at once) are still seen.
+    ``amulet_lab.memory.RssSampler`` samples the process every ``interval_s`` from a thread of this
+    process while the stage runs, so short peaks (a batch tensor freed at once) are still seen. A thread,
+    not ``memory_profiler``'s helper process: forking a threaded torch process per stage is unsafe.
     """
-    import psutil
-    from memory_profiler import memory_usage
+    from amulet_lab.memory._sampling import MB, RssSampler
 
     if not stages:
         raise ValidationError("memory_scenario needs at least one stage", field="stages")
     _check_pos("interval_s", interval_s)
-    proc = psutil.Process()
     metrics: dict[str, float] = {}
     stage_ms: dict[str, float] = {}
     value = first_input
     for name, fn in stages:
-        before = proc.memory_info().rss / 2**20
         t0 = timer()
-        peak, value = memory_usage((fn, (value,), {}), interval=interval_s, max_usage=True, retval=True,
-                                   include_children=False)
+        with RssSampler(interval_s) as sampler:
+            value = fn(value)
         stage_ms[name] = (timer() - t0) * 1000.0
-        metrics[f"peak_rss_mb_{name}"] = float(peak)
-        metrics[f"increment_mb_{name}"] = max(0.0, float(peak) - before)
+        metrics[f"peak_rss_mb_{name}"] = sampler.peak_rss / MB
+        metrics[f"increment_mb_{name}"] = sampler.peak_delta_bytes / MB
     metrics["peak_rss_mb"] = max(v for k, v in metrics.items() if k.startswith("peak_rss_mb_"))
     return ScenarioResult(
         "memory", dict(params or {}, interval_s=interval_s), metrics, {}, 1.0,

@@ -45,6 +45,9 @@ def register(subparsers: Any) -> None:
     run.add_argument("--repeat-ratio", type=float, default=0.5, help="cache: share of repeated images (default 0.5)")
     run.add_argument("--cache", action="store_true", help="leave the classifier's cache on in the other scenarios")
     run.add_argument("--url", default=None, help="server: drive a running service at URL instead of in-process")
+    run.add_argument("--token", default=None, help="server with --url: bearer token sent with every query")
+    run.add_argument("--image-sizes", type=_csv_ints, default=None,
+                     help="re-encode the photos with their longer side at each size, e.g. 128,224 (variant img=N)")
     run.add_argument("--no-record", action="store_true", help="do not append to the history")
     run.add_argument("--json", action="store_true", help="print the records as JSON")
     run.set_defaults(func=_run)
@@ -84,7 +87,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         min_duration_s=args.min_duration_s,
         seed=args.seed, target_qps=args.target_qps, latency_bound_ms=args.latency_bound_ms,
         server_threads=args.server_threads, search_steps=args.search_steps, repeat_ratio=args.repeat_ratio,
-        cache=args.cache, url=args.url, record=not args.no_record, settings=settings,
+        cache=args.cache, url=args.url, token=args.token, image_sizes=args.image_sizes, record=not args.no_record,
+        settings=settings,
     )
     if args.json:
         print(json.dumps(run.records, indent=2, sort_keys=True))

@@ -18,8 +18,18 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _token(args: argparse.Namespace, settings: Settings) -> int:
+    from amulet_lab.errors import SecurityError
     from amulet_lab.service.auth import issue_token
 
+    if not (settings.secret_key or "").strip():
+        # Even in debug: the service would sign with its own per-process key, so a token signed here with a
+        # throwaway key could never be verified by it.
+        raise SecurityError(
+            "AMULET_SECRET_KEY is not set: a token signed with a throwaway key is useless to the service. "
+            "Set the same AMULET_SECRET_KEY for the service and this command.",
+            code="E_SECRET_KEY",
+            severity="high",
+        )
     scopes = args.scope or ["predict", "metrics"]
     print(issue_token(args.subject, args.ttl, settings, scopes=scopes))
     return 0

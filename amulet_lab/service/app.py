@@ -25,7 +25,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from amulet_lab.config import Settings, get_settings
-from amulet_lab.errors import CircuitBreaker, ModelError, SecurityError, ValidationError
+from amulet_lab.errors import CircuitBreaker, ModelError, ProcessingError, SecurityError, ValidationError
 from amulet_lab.service.errors import ApiError, install_error_handlers
 from amulet_lab.service.metrics import CONTENT_TYPE_LATEST, MetricSources, ServiceMetrics
 from amulet_lab.service.middleware import ServiceMiddleware
@@ -68,6 +68,10 @@ class ServiceState:
         self._image_cache = image_cache
         # Inference is CPU-bound: at most thread_pool_size requests run the model at once, the rest wait.
         self.inference_limiter = anyio.CapacityLimiter(settings.thread_pool_size)
+        # Uploads being read are held in memory (up to max_upload_bytes per file): at most twice the inference
+        # slots read at once, so the next requests are ready when a slot frees while memory stays bounded at
+        # about 2 * thread_pool_size * len(UPLOAD_FIELDS) * max_upload_bytes; the rest wait before reading.
+        self.upload_limiter = anyio.CapacityLimiter(settings.thread_pool_size * 2)
         self.metrics = ServiceMetrics(
             MetricSources(
                 cache_stats=lambda: self.image_cache.get_stats(),
@@ -140,13 +144,14 @@ class ServiceState:
         finally:
             self.loading = False
 
-    def health(self) -> dict[str, Any]:
-        """The health report of this service."""
-        from amulet_lab.health import build_health_report
+    def health(self, *, full: bool = False) -> dict[str, Any]:
+        """The health report of this service; ``full`` adds the whole model status (path cut to its name)."""
+        from amulet_lab.health import build_health_report, public_model_status, redact_path
         from amulet_lab.threads import get_stats as thread_stats
 
+        status = self.model_status()
         return build_health_report(
-            model_status=self.model_status(),
+            model_status=redact_path(status) if full else public_model_status(status),
             perf_stats=self.perf.get_stats(),
             uptime_s=self.timer() - self.started_at,
             memory_monitor=self.memory_monitor,
@@ -215,13 +220,14 @@ def create_app(
     async def predict(request: Request, top_k: int = Query(3, ge=1, le=20)) -> JSONResponse:
         """Classify the uploaded front (and optional back) photo."""
         _require_scope(request, state, "predict")
-        parts = await read_uploads(
-            request.stream(),
-            request.headers,
-            fields=UPLOAD_FIELDS,
-            required=("front",),
-            max_upload_bytes=settings.max_upload_bytes,
-        )
+        async with state.upload_limiter:
+            parts = await read_uploads(
+                request.stream(),
+                request.headers,
+                fields=UPLOAD_FIELDS,
+                required=("front",),
+                max_upload_bytes=settings.max_upload_bytes,
+            )
         classifier = state.require_classifier()
         from amulet_lab.security import validate_image
 
@@ -239,10 +245,24 @@ def create_app(
         front = parts["front"].data
         back = parts["back"].data if "back" in parts else None
 
-        def infer() -> Any:
-            return state.breaker.call(classifier.predict_pair, front, back, top_k=top_k)
+        def guarded() -> tuple[Any, Exception | None]:
+            # A bad photo is the client's fault, not the model's: it is handed out as a value, so the breaker
+            # sees a success and six bad uploads cannot open the circuit for everyone else.
+            try:
+                return classifier.predict_pair(front, back, top_k=top_k), None
+            except (ValidationError, SecurityError) as exc:
+                return None, exc
+            except ProcessingError as exc:
+                if exc.stage == "decode":
+                    return None, exc
+                raise
 
-        pair = await anyio.to_thread.run_sync(infer, limiter=state.inference_limiter)
+        def infer() -> tuple[Any, Exception | None]:
+            return state.breaker.call(guarded)
+
+        pair, client_error = await anyio.to_thread.run_sync(infer, limiter=state.inference_limiter)
+        if client_error is not None:
+            raise client_error
         body = pair.to_dict()
         body["request_id"] = request.state.request_id
         body["uploads"] = {
@@ -252,9 +272,14 @@ def create_app(
         return JSONResponse(body)
 
     @app.get("/health")
-    async def health() -> JSONResponse:
-        """The health report (status inside; 200 whenever the process can answer)."""
-        return JSONResponse(await anyio.to_thread.run_sync(state.health))
+    async def health(request: Request) -> JSONResponse:
+        """The health report (status inside; 200 whenever the process can answer).
+
+        Anyone sees the public model status; a token with the ``metrics`` scope sees all of it.
+        """
+        claims = request.state.claims
+        full = claims is not None and claims.allows("metrics")
+        return JSONResponse(await anyio.to_thread.run_sync(lambda: state.health(full=full)))
 
     @app.get("/health/live")
     async def live() -> dict[str, str]:

@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from amulet_lab.errors import AmuletError, CircuitOpenError, ModelError, SecurityError, ValidationError
+from amulet_lab.errors import AmuletError, CircuitOpenError, ModelError, ProcessingError, SecurityError, ValidationError
 
 __all__ = ["ApiError", "error_body", "error_response", "status_for", "install_error_handlers"]
 
@@ -82,6 +82,8 @@ def status_for(exc: AmuletError) -> int:
     if isinstance(exc, SecurityError):
         # A hostile or malformed upload: the request is refused, the client is not "unauthenticated".
         return 400
+    if isinstance(exc, ProcessingError) and exc.stage == "decode":
+        return 400  # the photo could not be decoded: the client's input, not the service's fault
     if isinstance(exc, (CircuitOpenError, ModelError)):
         return 503
     return 500
@@ -128,7 +130,13 @@ async def _amulet_error(request: Request, exc: Exception) -> JSONResponse:
         # Our own errors are safe to name, but their context may hold paths: log it, answer with the code only.
         log.error("request %s failed: %r", _request_id(request), exc, extra={"request_id": _request_id(request)})
         details: dict[str, Any] = {}
-        message = "The service could not complete the request." if status == 500 else exc.message
+        if isinstance(exc, CircuitOpenError):
+            message = exc.message  # names the breaker and the wait, nothing of the server
+        elif status == 503:
+            # A ModelError's message can name the checkpoint path: clients get the code, the log the rest.
+            message = "The model is unavailable."
+        else:
+            message = "The service could not complete the request."
     else:
         details = {k: v for k, v in exc.to_dict()["context"].items() if k != "value" or isinstance(v, (int, float))}
         message = exc.message

@@ -37,6 +37,16 @@ SECURITY_HEADERS: dict[str, str] = {
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
+#: Methods kept as themselves in metric labels; any other (a client can send "FOO") becomes "OTHER",
+#: so a client cannot grow the label set, and with it the metrics' memory, without bound.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def metric_method(method: str) -> str:
+    """``method`` as a metric label: itself when standard, else ``"OTHER"``."""
+    return method if method in KNOWN_METHODS else "OTHER"
+
+
 class ServiceMiddleware:
     """Wraps the app; ``state`` is the app's ``ServiceState`` (settings, limiter, metrics, monitor)."""
 
@@ -123,5 +133,5 @@ class ServiceMiddleware:
         finally:
             route = scope.get("route")
             label = getattr(route, "path", None) or "<unmatched>"
-            st.observe(scope.get("method", "GET"), label, status_box[0], time.perf_counter() - started)
+            st.observe(metric_method(scope.get("method", "GET")), label, status_box[0], time.perf_counter() - started)
 

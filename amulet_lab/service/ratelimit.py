@@ -133,13 +133,16 @@ def client_key(
 
     ``X-Forwarded-For`` is read only when the service is told it sits behind a proxy;
     otherwise any client could pick a fresh bucket per request by forging the header.
-    The left-most address is the original client as the (trusted) proxy recorded it.
+    The RIGHT-most address is used: it is the one our own proxy appended (the peer it saw); every
+    entry to its left came from the client and can be forged, so keying on it would let a client pick
+    a fresh bucket per request. With several proxies in a chain, the last one still names the hop
+    that reached ours, which is the best any single trusted proxy can vouch for.
     """
     if subject:
         return f"sub:{subject}"
     if trust_forwarded_for:
         forwarded = headers.get("x-forwarded-for", "")
-        first = forwarded.split(",")[0].strip()
-        if first:
-            return f"ip:{first}"
+        last = forwarded.split(",")[-1].strip()
+        if last:
+            return f"ip:{last}"
     return f"ip:{peer or 'unknown'}"

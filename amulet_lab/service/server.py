@@ -76,16 +76,21 @@ class ServerThread:
         """Start serving; returns once the socket listens."""
         self._thread = threading.Thread(target=self.server.run, name="amulet-lab-server", daemon=True)
         self._thread.start()
-        deadline = time.monotonic() + self.startup_timeout
-        while not self.server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise NetworkError("the uvicorn server did not start", retryable=False, context={"host": self.host})
-            time.sleep(0.01)
-        self.port = int(self.server.servers[0].sockets[0].getsockname()[1])
+        try:
+            deadline = time.monotonic() + self.startup_timeout
+            while not self.server.started:
+                if not self._thread.is_alive() or time.monotonic() > deadline:
+                    raise NetworkError("the uvicorn server did not start", retryable=False, context={"host": self.host})
+                time.sleep(0.01)
+            self.port = int(self.server.servers[0].sockets[0].getsockname()[1])
+        except BaseException:
+            # A timeout (or Ctrl-C) must not leave a half-started server behind: should_exit ends its loop.
+            self.stop()
+            raise
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Ask uvicorn to exit and wait for the thread."""
+        """Ask uvicorn to exit (``should_exit``) and wait for the thread."""
         self.server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout)
@@ -119,6 +124,7 @@ class ServerProcess:
         self.wait_ready = wait_ready
         self.process: subprocess.Popen[bytes] | None = None
         self._stderr: Any = None
+        self._stderr_text = ""
 
     @property
     def url(self) -> str:
@@ -134,12 +140,23 @@ class ServerProcess:
 
     def start(self) -> ServerProcess:
         """Start the child and wait until ``/health/live`` (or ``/health/ready`` when ``wait_ready``) answers 200."""
-        import httpx
-
         cmd = [sys.executable, "-m", "amulet_lab", "serve", "--host", self.host, "--port", str(self.port)]
         # stderr goes to a temp file, not a pipe: an undrained pipe would block the child once it filled up.
         self._stderr = tempfile.TemporaryFile()
-        self.process = subprocess.Popen(cmd, env=self.env, stdout=subprocess.DEVNULL, stderr=self._stderr)
+        self._stderr_text = ""
+        try:
+            self.process = subprocess.Popen(cmd, env=self.env, stdout=subprocess.DEVNULL, stderr=self._stderr)
+            self._wait_started()
+        except BaseException:
+            # Whatever went wrong (timeout, failed load, Ctrl-C), the child and its stderr file go with it.
+            self.stop()
+            raise
+        return self
+
+    def _wait_started(self) -> None:
+        import httpx
+
+        assert self.process is not None
         probe = "/health/ready" if self.wait_ready else "/health/live"
         deadline = time.monotonic() + self.startup_timeout
         with httpx.Client(base_url=self.url, timeout=2.0) as client:
@@ -152,36 +169,38 @@ class ServerProcess:
                 except httpx.TransportError:
                     response = None  # not listening yet
                 if response is not None and response.status_code == 200:
-                    return self
+                    return
                 if response is not None and response.status_code == 503:
                     details = response.json().get("error", {}).get("details", {})
                     if details.get("loading") is False:  # loading is over and failed: waiting is pointless
-                        self.stop()
                         raise NetworkError(
                             f"the server's model could not be loaded ({details.get('error')}): {self.stderr_text()[-1500:]}",
                             retryable=False,
                         )
                 if time.monotonic() > deadline:
-                    self.stop()
                     raise NetworkError(f"the server did not answer {probe} within {self.startup_timeout}s", retryable=False)
                 time.sleep(0.1)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM the child (uvicorn shuts down gracefully), then SIGKILL if it lingers."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout)
+        """SIGTERM the child (uvicorn shuts down gracefully), then SIGKILL if it lingers; close its stderr file."""
+        try:
+            if self.process is not None and self.process.poll() is None:
+                self.process.terminate()
+                try:
+                    self.process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait(timeout)
+        finally:
+            if self._stderr is not None:
+                self._stderr_text = self.stderr_text()  # kept for error messages after the file is gone
+                self._stderr.close()
+                self._stderr = None
 
     def stderr_text(self) -> str:
-        """What the child wrote to stderr so far."""
+        """What the child wrote to stderr so far (after ``stop``: what it wrote in all)."""
         if self._stderr is None:
-            return ""
+            return self._stderr_text
         self._stderr.seek(0)
         return self._stderr.read().decode("utf-8", "replace")
 

@@ -31,7 +31,7 @@ class Upload:
     field: str
     filename: str | None
     content_type: str | None
-    data: bytes
+    data: bytes | bytearray  # the reader's own buffer, handed over without a copy (nothing else holds it)
 
     def __repr__(self) -> str:
         return f"<Upload {self.field} {self.filename!r} {len(self.data)} bytes>"
@@ -131,7 +131,7 @@ class MultipartReader:
             field=self._field,
             filename=filename.decode("utf-8", "replace") if filename is not None else None,
             content_type=content_type.decode("latin-1") if content_type is not None else None,
-            data=bytes(self._buffer),
+            data=self._buffer,  # no copy: the buffer is replaced below, so this part owns it alone
         )
         self._buffer = bytearray()
 
