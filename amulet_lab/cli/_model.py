@@ -1,0 +1,194 @@
+"""``amulet-lab train | evaluate | train-default | predict``: the model's command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register", "DEFAULT_RECIPE"]
+
+#: The recipe of the bundled default checkpoint (synthetic data only); `make train-default` runs it.
+DEFAULT_RECIPE = {"per_class": 96, "heldout_per_class": 30, "size": 160, "data_seed": 2026, "heldout_seed": 9091}
+
+
+def _config(args: argparse.Namespace, base: dict[str, Any] | None = None) -> Any:
+    from amulet_lab.model import TrainConfig
+
+    values = dict(base or {})
+    for name in ("arch", "epochs", "seed", "img_size", "batch_size", "lr"):
+        value = getattr(args, name, None)
+        if value is not None:
+            values[name] = value
+    known = set(TrainConfig.__dataclass_fields__)
+    return TrainConfig(**{k: v for k, v in values.items() if k in known})
+
+
+def _train(args: argparse.Namespace, settings: Any) -> int:
+    from amulet_lab.model import train
+
+    _threads(settings)
+    ck = train(args.data_dir, out=args.out, config=_config(args), val_fraction=args.val_fraction,
+               include_val=args.include_val, progress=not args.quiet)
+    meta = ck.metadata
+    m = meta.get("metrics") or {}
+    print(f"saved {args.out} ({Path(args.out).stat().st_size / 1e6:.2f} MB) in {meta['train_seconds']:.0f} s, "
+          f"{meta['n_train']} train / {meta['n_val']} val images, best epoch {meta['best_epoch']}, T={ck.temperature:.3f}")
+    if m:
+        print(f"validation: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, top-2 {m['top2_accuracy']:.4f}, "
+              f"ECE {m['ece']:.4f}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, settings: Any) -> int:
+    from amulet_lab.data import load_dataset
+    from amulet_lab.files import atomic_write_text
+    from amulet_lab.model import cross_validate, evaluate, format_metrics, load_checkpoint
+
+    _threads(settings)
+    ck = load_checkpoint(args.checkpoint)
+    splits = load_dataset(args.data_dir, val_fraction=0.0)
+    if args.cv:
+        config = _config(args, ck.metadata.get("config"))
+        keys = [lab.key for lab in splits.labels]
+        result = cross_validate(splits.all, len(keys), keys, k=args.cv, seed=config.seed, config=config,
+                                progress=not args.quiet)
+        result["recipe"] = {k: v for k, v in vars(config).items()}
+        title = f"{args.cv}-fold cross-validation of the recipe of {args.checkpoint} over {len(splits.all)} images"
+    else:
+        split = args.split
+        if split == "auto":  # held-out data only when the folder is pre-split
+            split = "val" if splits.val and not splits.test else "test" if splits.test else "all"
+        result = evaluate(ck.path, splits, split=split, settings=settings)
+        title = f"{args.checkpoint} on {args.data_dir} ({split}: {result['n']} images)"
+    print(title)
+    print(format_metrics(result))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(result, indent=1, default=str) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def train_default(out: str | Path | None = None, *, progress: bool = True, workdir: str | Path | None = None) -> Any:
+    """Synthesise data, train the default recipe, score it on a separately generated held-out set, save it."""
+    import tempfile
+
+    from amulet_lab.data import load_dataset, synthesize
+    from amulet_lab.model import TrainConfig, evaluate, load_checkpoint, save_checkpoint, train
+    from amulet_lab.model.classifier import default_checkpoint_path
+
+    target = Path(out) if out else default_checkpoint_path()
+    r = DEFAULT_RECIPE
+    config = TrainConfig(arch="ensemble", img_size=64, epochs=14, seed=0, min_epochs=6, patience=8)
+    with tempfile.TemporaryDirectory(prefix="amulet-synth-", dir=workdir) as tmp:
+        train_dir = synthesize(Path(tmp) / "train", r["per_class"], r["data_seed"], r["size"], progress=progress)
+        heldout_dir = synthesize(Path(tmp) / "heldout", r["heldout_per_class"], r["heldout_seed"], r["size"], progress=progress)
+        ck = train(train_dir, config=config, val_fraction=0.25, progress=progress)
+        tmp_ck = Path(tmp) / "model.pt"
+        save_checkpoint(ck, tmp_ck)
+        held = evaluate(tmp_ck, load_dataset(heldout_dir, val_fraction=0.0), split="all")
+    ck.metadata["heldout_synthetic"] = {k: held[k] for k in ("n", "accuracy", "macro_f1", "top2_accuracy", "ece")}
+    ck.metadata["metrics"] = dict(ck.metadata["heldout_synthetic"])
+    ck.metadata["recipe"] = {"command": "amulet-lab train-default", **r}
+    ck.metadata.pop("history", None)
+    save_checkpoint(ck, target)
+    load_checkpoint(target)  # what we wrote must load
+    return ck
+
+
+def _train_default(args: argparse.Namespace, settings: Any) -> int:
+    _threads(settings)
+    ck = train_default(args.out, progress=not args.quiet)
+    held = ck.metadata["heldout_synthetic"]
+    print(f"saved {ck.path} ({Path(ck.path).stat().st_size / 1e6:.2f} MB) in {ck.metadata['train_seconds']:.0f} s of training; "
+          f"held-out synthetic accuracy {held['accuracy']:.4f} (n={held['n']}), macro-F1 {held['macro_f1']:.4f}, "
+          f"top-2 {held['top2_accuracy']:.4f}, ECE {held['ece']:.4f}")
+    return 0
+
+
+def _predict(args: argparse.Namespace, settings: Any) -> int:
+    from amulet_lab.model import AmuletClassifier
+
+    _threads(settings)
+    clf = AmuletClassifier.from_checkpoint(args.checkpoint, settings=settings)
+    if args.back:
+        if len(args.images) != 1:
+            from amulet_lab.errors import ValidationError
+
+            raise ValidationError("--back takes exactly one front image", field="images", value=len(args.images))
+        pair = clf.predict_pair(args.images[0], args.back, top_k=args.top_k)
+        results: list[dict[str, Any]] = [{"image": args.images[0], "back": args.back, **pair.to_dict()}]
+        preds = [(f"{args.images[0]} + {args.back}", pair.combined, pair.agree)]
+    else:
+        batch = clf.predict_batch(args.images, top_k=args.top_k) if len(args.images) > 1 else [clf.predict(args.images[0], top_k=args.top_k)]
+        results = [{"image": img, **p.to_dict()} for img, p in zip(args.images, batch)]
+        preds = [(img, p, None) for img, p in zip(args.images, batch)]
+    if args.json:
+        print(json.dumps(results, ensure_ascii=False, indent=1))
+        return 0
+    for name, p, agree in preds:
+        flag = " UNKNOWN" if p.is_unknown else ""
+        sides = "" if agree is None else (" (sides agree)" if agree else " (sides DISAGREE)")
+        print(f"{name}: {p.label} {p.thai_name} {p.confidence:.3f} [{p.confidence_band}]{flag}{sides}")
+        for key, thai, prob in p.top_k[1:]:
+            print(f"    {key} {thai} {prob:.3f}")
+    return 0
+
+
+def _threads(settings: Any) -> None:
+    import torch
+
+    if settings.torch_threads > 0:
+        torch.set_num_threads(settings.torch_threads)
+
+
+def _train_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--epochs", type=int, help="maximum epochs (default: the recipe's)")
+    parser.add_argument("--seed", type=int, help="random seed (default 0)")
+    parser.add_argument("--img-size", type=int, dest="img_size", help="square input side in pixels")
+    parser.add_argument("--arch", choices=("tiny", "small", "ensemble", "features"), help="architecture (default ensemble)")
+    parser.add_argument("--batch-size", type=int, dest="batch_size", help="images per step")
+    parser.add_argument("--lr", type=float, help="peak learning rate")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``train``, ``evaluate``, ``train-default`` and ``predict``."""
+    p = subparsers.add_parser("train", help="train a classifier on an image-folder dataset",
+                              description="Train on DATA_DIR (class folders, or train/ val/ folders) and save one checkpoint file.")
+    p.add_argument("data_dir", metavar="DATA_DIR")
+    p.add_argument("--out", required=True, metavar="CKPT", help="checkpoint file to write")
+    p.add_argument("--val-fraction", type=float, default=0.2, dest="val_fraction",
+                   help="validation share when DATA_DIR is not pre-split (default 0.2)")
+    p.add_argument("--include-val", action="store_true", dest="include_val",
+                   help="train on train+val for the full epochs (no early stopping, T=1)")
+    _train_args(p)
+    p.set_defaults(func=_train)
+
+    p = subparsers.add_parser("evaluate", help="score a checkpoint on labelled data, or cross-validate its recipe",
+                              description="Print and optionally write accuracy, macro_f1, top2_accuracy, ece, per_class, "
+                                          "confusion_matrix (and pair_accuracy when a groups file pairs sides).")
+    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("data_dir", metavar="DATA_DIR")
+    p.add_argument("--json", metavar="OUT", help="also write the metrics as JSON")
+    p.add_argument("--split", default="auto", choices=("auto", "train", "val", "test", "all"),
+                   help="which images to score (auto: val/ or test/ of a pre-split folder, else all)")
+    p.add_argument("--cv", type=int, metavar="K", help="stratified K-fold CV of the checkpoint's recipe over all images")
+    _train_args(p)
+    p.set_defaults(func=_evaluate)
+
+    p = subparsers.add_parser("train-default", help="rebuild data/models/amulet6-synth.pt from synthetic data",
+                              description="Generate synthetic data, train the default recipe, check it on a held-out "
+                                          "synthetic set and write the bundled checkpoint (reproducible).")
+    p.add_argument("--out", help="checkpoint to write (default data/models/amulet6-synth.pt)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_train_default)
+
+    p = subparsers.add_parser("predict", help="classify photos", description="Classify one or more photos.")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--checkpoint", "--ckpt", dest="checkpoint", help="checkpoint (default: settings / bundled)")
+    p.add_argument("--back", help="the back side of the (single) IMAGE: classify the pair")
+    p.add_argument("--top-k", type=int, default=3, dest="top_k")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_predict)

@@ -1,0 +1,202 @@
+"""Metrics of a classifier on labelled data, and stratified k-fold cross-validation of the recipe.
+
+``metrics(probs, targets, keys)`` gives the JSON the CLI writes: ``accuracy``, ``macro_f1``,
+``top2_accuracy``, ``ece`` (expected calibration error, 15 equal-width confidence bins), ``nll``,
+``per_class`` (precision, recall, f1, support) and ``confusion_matrix`` (rows: true class, columns:
+predicted). ``pair_accuracy`` combines the two sides of each piece (mean of log-probabilities) where
+samples carry a ``group``.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from amulet_lab.errors import ValidationError
+
+__all__ = ["metrics", "pair_accuracy", "evaluate", "cross_validate", "format_metrics", "expected_calibration_error"]
+
+
+def expected_calibration_error(probs: torch.Tensor, targets: torch.Tensor, bins: int = 15) -> float:
+    """Weighted mean |accuracy - confidence| over equal-width confidence bins."""
+    conf, pred = probs.max(1)
+    correct = (pred == targets).float()
+    edges = torch.linspace(0, 1, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (conf > lo) & (conf <= hi)
+        if inside.any():
+            ece += float(inside.float().mean()) * abs(float(correct[inside].mean()) - float(conf[inside].mean()))
+    return ece
+
+
+def metrics(probs: torch.Tensor, targets: Sequence[int] | torch.Tensor, keys: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, macro-F1, top-2, ECE, NLL, per-class figures and the confusion matrix."""
+    y = torch.as_tensor(targets, dtype=torch.long)
+    if probs.ndim != 2 or probs.shape[0] != y.shape[0] or probs.shape[1] != len(keys):
+        raise ValidationError(
+            f"probs {tuple(probs.shape)} do not match {y.shape[0]} targets and {len(keys)} classes", field="probs"
+        )
+    if y.numel() == 0:
+        raise ValidationError("no samples to evaluate", field="targets", code="E_EMPTY_DATASET")
+    k = len(keys)
+    pred = probs.argmax(1)
+    cm = torch.zeros(k, k, dtype=torch.long)
+    for t, p in zip(y.tolist(), pred.tolist()):
+        cm[t, p] += 1
+    per_class: dict[str, dict[str, float]] = {}
+    f1s = []
+    for i, key in enumerate(keys):
+        tp = int(cm[i, i])
+        support = int(cm[i].sum())
+        predicted = int(cm[:, i].sum())
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[key] = {"precision": precision, "recall": recall, "f1": f1, "support": support}
+        if support:
+            f1s.append(f1)
+    top2 = probs.topk(min(2, k), dim=1).indices
+    return {
+        "n": int(y.numel()),
+        "accuracy": float((pred == y).float().mean()),
+        "macro_f1": float(sum(f1s) / len(f1s)) if f1s else 0.0,
+        "top2_accuracy": float((top2 == y.unsqueeze(1)).any(1).float().mean()),
+        "ece": expected_calibration_error(probs, y),
+        "nll": float(-torch.log(probs[torch.arange(len(y)), y].clamp_min(1e-12)).mean()),
+        "per_class": per_class,
+        "confusion_matrix": cm.tolist(),
+        "labels": list(keys),
+    }
+
+
+def pair_accuracy(probs: torch.Tensor, targets: Sequence[int], groups: Sequence[str | None]) -> dict[str, Any] | None:
+    """Accuracy over pieces with more than one photo (sides combined by mean log-probability), or None."""
+    members: dict[str, list[int]] = defaultdict(list)
+    for i, g in enumerate(groups):
+        if g is not None:
+            members[g].append(i)
+    pairs = {g: idx for g, idx in members.items() if len(idx) >= 2}
+    if not pairs:
+        return None
+    correct = 0
+    for idx in pairs.values():
+        logp = probs[idx].clamp_min(1e-12).log().mean(0)
+        correct += int(int(logp.argmax()) == int(targets[idx[0]]))
+    return {"pairs": len(pairs), "pair_accuracy": correct / len(pairs)}
+
+
+def _as_classifier(model: Any, settings: Any = None) -> Any:
+    from amulet_lab.model.classifier import AmuletClassifier
+
+    if isinstance(model, AmuletClassifier):
+        return model
+    return AmuletClassifier.from_checkpoint(model, settings=settings, cache=False)
+
+
+def evaluate(model: Any, data: Any, *, split: str = "all", settings: Any = None, batch_size: int = 32) -> dict[str, Any]:
+    """Metrics of a classifier (or checkpoint path) on a dataset folder, ``DatasetSplits`` or list of Samples.
+
+    ``split`` picks ``train``/``val``/``test``/``all`` of a dataset (``all``: every sample; for a folder
+    with train/ val/ use ``val`` to score held-out data only).
+    """
+    from amulet_lab.data import DatasetSplits, load_dataset
+
+    clf = _as_classifier(model, settings)
+    if isinstance(data, (str, Path)):
+        data = load_dataset(data, val_fraction=0.0)
+    if isinstance(data, DatasetSplits):
+        if split not in ("train", "val", "test", "all"):
+            raise ValidationError("split must be train, val, test or all", field="split", value=split)
+        samples = data.all if split == "all" else getattr(data, split)
+    else:
+        samples = list(data)
+    if not samples:
+        raise ValidationError(f"no samples in split {split!r}", field="split", value=split, code="E_EMPTY_DATASET")
+    keys = [lab.key for lab in clf.labels]
+    start = time.perf_counter()
+    preds = clf.predict_batch([s.path for s in samples], batch_size=batch_size, top_k=len(keys))
+    probs = torch.tensor([[p.probabilities[k] for k in keys] for p in preds])
+    targets = [s.label for s in samples]
+    out = metrics(probs, targets, keys)
+    pairs = pair_accuracy(probs, targets, [s.group for s in samples])
+    if pairs is not None:
+        out.update(pairs)
+    out["unknown_rate"] = sum(p.is_unknown for p in preds) / len(preds)
+    out["seconds"] = time.perf_counter() - start
+    return out
+
+
+def cross_validate(
+    samples: Sequence[Any], num_classes: int, keys: Sequence[str], *, k: int = 5, seed: int = 0,
+    config: Any = None, progress: bool = True,
+) -> dict[str, Any]:
+    """Stratified k-fold CV of the training recipe: per fold train on k-1 parts, score the held-out part.
+
+    The held-out fold is scored by a model trained without it; within the training part, early stopping
+    and calibration use an inner stratified split (a fifth), as the default recipe does.
+    """
+    from dataclasses import replace
+
+    from amulet_lab.data import stratified_kfold
+    from amulet_lab.images import PreprocessSpec
+    from amulet_lab.model.train import TrainConfig, _normalise, fit, load_uint8, predict_logits
+
+    if not isinstance(k, int) or k < 2:
+        raise ValidationError("k must be an int >= 2", field="k", value=k)
+    cfg = config or TrainConfig()
+    folds = stratified_kfold(list(samples), k, seed)
+    results = []
+    all_probs, all_targets = [], []
+    for i, (train_part, test_part) in enumerate(folds):
+        inner = stratified_kfold(train_part, 5, seed + 100 + i)[0]
+        fit_part, val_part = inner
+        fold_cfg = replace(cfg, seed=cfg.seed + i)
+        res = fit([s.path for s in fit_part], [s.label for s in fit_part], [s.path for s in val_part],
+                  [s.label for s in val_part], num_classes, fold_cfg, progress=progress)
+        spec = PreprocessSpec(fold_cfg.img_size)
+        x = _normalise(load_uint8([s.path for s in test_part], spec.size).float() / 255.0, spec)
+        probs = torch.softmax(predict_logits(res.model, x) / res.temperature, 1)
+        m = metrics(probs, [s.label for s in test_part], keys)
+        m["train_seconds"] = res.seconds
+        results.append(m)
+        all_probs.append(probs)
+        all_targets += [s.label for s in test_part]
+    summary: dict[str, Any] = {"k": k, "folds": results}
+    for name in ("accuracy", "macro_f1", "top2_accuracy", "ece", "nll"):
+        values = [r[name] for r in results]
+        summary[name] = statistics.fmean(values)
+        summary[f"{name}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    pooled = metrics(torch.cat(all_probs), all_targets, keys)
+    summary["pooled"] = {k2: pooled[k2] for k2 in ("accuracy", "macro_f1", "top2_accuracy", "ece", "confusion_matrix", "per_class")}
+    return summary
+
+
+def format_metrics(m: dict[str, Any]) -> str:
+    """A short plain-text report of ``metrics``/``evaluate``/``cross_validate`` output."""
+    lines = []
+    for name in ("n", "accuracy", "macro_f1", "top2_accuracy", "ece", "nll", "pair_accuracy", "unknown_rate"):
+        if name in m:
+            value = m[name]
+            std = m.get(f"{name}_std")
+            text = f"{value:.4f}" if isinstance(value, float) else str(value)
+            lines.append(f"{name:<16} {text}" + (f" ± {std:.4f}" if std is not None else ""))
+    per_class = m.get("per_class") or m.get("pooled", {}).get("per_class")
+    if per_class:
+        lines.append(f"{'class':<32} {'prec':>6} {'recall':>6} {'f1':>6} {'n':>4}")
+        for key, row in per_class.items():
+            lines.append(f"{key:<32} {row['precision']:6.3f} {row['recall']:6.3f} {row['f1']:6.3f} {row['support']:4d}")
+    cm = m.get("confusion_matrix") or m.get("pooled", {}).get("confusion_matrix")
+    if cm:
+        lines.append("confusion matrix (rows: true, columns: predicted)")
+        lines += ["  " + " ".join(f"{v:3d}" for v in row) for row in cm]
+    if not math.isfinite(m.get("accuracy", 0.0)):
+        lines.append("(accuracy is not finite)")
+    return "\n".join(lines)

@@ -1,0 +1,217 @@
+"""AmuletClassifier: every input type, batch == single, threads, cache, monitor, pairs, bands, errors."""
+
+from __future__ import annotations
+
+import io
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from amulet_lab.cache import ImageCache
+from amulet_lab.errors import ModelError, ValidationError
+from amulet_lab.model import AmuletClassifier, confidence_band, default_checkpoint_path
+from amulet_lab.perf import PerformanceMonitor
+from model_helpers import tiny_checkpoint, tiny_dataset
+
+STAGES = {"decode", "preprocess", "infer", "postprocess", "total"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clf")
+    data = tiny_dataset(root / "data")
+    return tiny_checkpoint(data, root / "m.pt"), sorted(data.glob("*/*.jpg"))
+
+
+@pytest.fixture
+def clf(trained, settings):
+    return AmuletClassifier.from_checkpoint(trained[0], settings=settings, cache=ImageCache(settings=settings),
+                                            monitor=PerformanceMonitor())
+
+
+def _inputs(path):
+    data = path.read_bytes()
+    pil = Image.open(io.BytesIO(data)).convert("RGB")
+    return {"path": path, "str": str(path), "bytes": data, "pil": pil, "array": np.asarray(pil)}
+
+
+def test_predict_on_every_input_type_agrees(clf, trained):
+    inputs = _inputs(trained[1][0])
+    preds = {name: clf.predict(value) for name, value in inputs.items()}
+    ref = preds["bytes"]
+    for name, pred in preds.items():
+        # Encoded inputs decode at reduced JPEG scale (draft), decoded ones are resized from full size: the
+        # pixels differ by resampling only.
+        same_path = name in ("path", "str", "bytes")
+        assert pred.confidence == pytest.approx(ref.confidence, abs=1e-6 if same_path else 0.02), name
+        assert set(pred.timings) == STAGES and pred.timings["total"] >= pred.timings["infer"] >= 0
+    assert preds["pil"].probabilities == pytest.approx(preds["array"].probabilities, abs=1e-6)
+    assert len(ref.top_k) == 3 and ref.top_k[0][0] == ref.label and ref.top_k[0][2] == ref.confidence
+    assert abs(sum(ref.probabilities.values()) - 1) < 1e-5
+    assert ref.confidence_band in {"reliable", "verify", "retake"}
+    d = ref.to_dict()
+    assert d["top_k"][0]["key"] == ref.label and set(d["timings"]) == STAGES
+    assert "<table>" in ref._repr_html_() and ref.thai_name in ref._repr_html_()
+
+
+def test_batch_equals_single(clf, trained):
+    paths = trained[1][:7]
+    batch = clf.predict_batch(paths, batch_size=3)
+    single = [clf.predict(p) for p in paths]
+    assert [b.label for b in batch] == [s.label for s in single]
+    for b, s in zip(batch, single):
+        for key, value in s.probabilities.items():
+            assert b.probabilities[key] == pytest.approx(value, abs=1e-5)
+    assert clf.predict_batch([]) == []
+    with pytest.raises(ValidationError):
+        clf.predict_batch(paths, batch_size=0)
+
+
+def test_eight_threads_give_the_same_results_as_one(trained, settings):
+    clf = AmuletClassifier.from_checkpoint(trained[0], settings=settings, cache=False, monitor=PerformanceMonitor())
+    paths = trained[1][:6]
+    expected = [clf.predict(p).probabilities for p in paths]
+    barrier = threading.Barrier(8)
+
+    def work(offset):
+        barrier.wait()
+        return [clf.predict(paths[(i + offset) % len(paths)]).probabilities for i in range(len(paths))]
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(work, range(8)))
+    for offset, got in enumerate(results):
+        for i, probs in enumerate(got):
+            assert probs == expected[(i + offset) % len(paths)]
+
+
+def test_repeated_image_comes_from_the_cache(clf, trained):
+    path = trained[1][2]
+    first = clf.predict(path)
+    second = clf.predict(path)
+    assert not first.cache_hit and second.cache_hit
+    assert second.probabilities == first.probabilities
+    assert second.timings["preprocess"] == 0.0
+    assert clf.predict(np.asarray(Image.open(path).convert("RGB"))).cache_hit is False
+    assert clf.cache.get_stats()["hits"] >= 1
+
+
+def test_every_call_records_into_the_monitor(clf, trained):
+    clf.predict(trained[1][0])
+    clf.predict_batch(trained[1][:2])
+    with pytest.raises(ValidationError):
+        clf.predict(b"not an image")
+    stats = clf.monitor.get_stats()
+    assert stats["classifier.predict"]["count"] == 2 and stats["classifier.predict"]["errors"] == 1
+    assert stats["classifier.predict_batch"]["count"] == 1
+    for stage in ("decode", "preprocess", "infer", "postprocess"):
+        assert stats[f"classifier.{stage}"]["count"] >= 1
+    assert clf.model_status()["errors"] == 1
+
+
+def test_pair_combines_sides(clf, trained):
+    front, back = trained[1][0], trained[1][1]
+    pair = clf.predict_pair(front, back)
+    f, b = pair.front.probabilities, pair.back.probabilities
+    logp = torch.tensor([np.log(f[k]) + np.log(b[k]) for k in f]) / 2
+    expected = torch.softmax(logp.double(), 0)
+    assert pair.combined.confidence == pytest.approx(float(expected.max()), abs=1e-5)
+    assert pair.agree == (pair.front.label == pair.back.label)
+    solo = clf.predict_pair(front)
+    assert solo.back is None and solo.agree is None and solo.combined.label == solo.front.label
+    assert set(pair.to_dict()) == {"front", "back", "combined", "agree"}
+
+
+def test_bad_inputs_raise_coded_errors(clf, tmp_path):
+    for bad, code in ((b"", None), (b"plain text", None), (tmp_path / "missing.jpg", None), (123, "E_IMAGE_TYPE")):
+        with pytest.raises(ValidationError) as err:
+            clf.predict(bad)
+        if code:
+            assert err.value.code == code
+    with pytest.raises(ValidationError):
+        clf.predict(np.zeros((4, 4, 5)))
+    with pytest.raises(ValidationError):
+        clf.predict(Image.new("RGB", (8, 8)), top_k=0)
+    with pytest.raises(ValidationError):
+        clf.predict(None)
+
+
+def test_bands_follow_settings(trained, settings):
+    assert confidence_band(0.95) == "reliable" and confidence_band(0.8) == "verify" and confidence_band(0.5) == "retake"
+    assert confidence_band(0.5, reliable=0.6, verify=0.4) == "verify"
+    loose = settings.replace(band_reliable=0.15, band_verify=0.1)
+    clf = AmuletClassifier.from_checkpoint(trained[0], settings=loose, cache=False, monitor=PerformanceMonitor())
+    assert clf.predict(trained[1][0]).confidence_band == "reliable"  # any max prob of 6 classes is >= 1/6
+
+
+def test_status_repr_and_missing_default(clf, settings, tmp_path):
+    st = clf.model_status()
+    assert st["loaded"] and st["arch"] == "tiny" and st["num_classes"] == 6 and st["parameters"] > 0
+    assert "AmuletClassifier" in repr(clf) and "<b>AmuletClassifier</b>" in clf._repr_html_()
+    missing = settings.replace(model_path=str(tmp_path / "none.pt"))
+    assert default_checkpoint_path(missing) == tmp_path / "none.pt"
+    with pytest.raises(ModelError) as err:
+        AmuletClassifier.from_checkpoint(settings=missing)
+    assert err.value.code == "E_CHECKPOINT_MISSING"
+
+
+def test_preprocess_delay_setting_slows_preprocessing(trained, settings):
+    slow = settings.replace(test_preprocess_delay_ms=30.0)
+    clf = AmuletClassifier.from_checkpoint(trained[0], settings=slow, cache=False, monitor=PerformanceMonitor())
+    assert clf.predict(trained[1][0]).timings["preprocess"] >= 30.0
+
+
+def test_truncated_upload_is_refused_even_with_draft_decoding(clf, trained):
+    data = trained[1][0].read_bytes()
+    with pytest.raises(ValidationError) as err:
+        clf.predict(data[: len(data) // 2])
+    assert err.value.code in {"E_IMAGE_TRUNCATED", "E_IMAGE_DECODE"}
+
+
+def test_pipeline_micro_benchmark_quick_has_its_figures():
+    from amulet_lab.bench.micro import MicroResult
+    from amulet_lab.bench.micro.pipeline import run
+
+    result = run(quick=True)
+    assert isinstance(result, MicroResult) and result.name == "pipeline"
+    assert set(result.targets) == {"batched_vs_naive", "draft_vs_full_decode", "cached_vs_uncached_input"}
+    assert all(value > 0 for value in result.ratios.values())
+    assert {"batched_images_per_s", "draft_decode_resize_ms", "input_cached_ms"} <= set(result.figures)
+    assert set(result.verdicts()) == set(result.targets)
+
+
+@pytest.mark.slow
+def test_non_amulets_come_out_unknown(trained, settings, tmp_path):
+    """A feature-head model rejects a plain texture, a coin and noise (the data engineer's generated negatives)."""
+    from amulet_lab.data import synthesize_unknowns
+    from amulet_lab.model import TrainConfig, train
+
+    data = trained[1][0].parent.parent
+    ck = tmp_path / "features.pt"
+    train(data, out=ck, config=TrainConfig(arch="features", img_size=48, feature_views=3), val_fraction=0.25,
+          progress=False)
+    clf = AmuletClassifier.from_checkpoint(ck, settings=settings, cache=False, monitor=PerformanceMonitor())
+    negatives = synthesize_unknowns(tmp_path / "neg", 6, seed=11, size=64)
+    preds = clf.predict_batch(negatives)
+    assert all(p.is_unknown for p in preds), [(n.name, p.confidence, p.distance) for n, p in zip(negatives, preds)]
+    assert all(p.distance is not None for p in preds)
+    amulets = clf.predict_batch(trained[1])
+    assert sum(p.is_unknown for p in amulets) <= len(amulets) // 4
+
+
+def test_a_changed_file_is_not_served_stale_from_the_cache(clf, trained, tmp_path):
+    import os
+
+    target = tmp_path / "img.jpg"
+    target.write_bytes(trained[1][0].read_bytes())
+    first = clf.predict(target)
+    assert clf.predict(target).cache_hit
+    target.write_bytes(trained[1][-1].read_bytes())  # other content, same path
+    os.utime(target, ns=(1, 1))  # force a different mtime even on coarse clocks
+    changed = clf.predict(target)
+    assert not changed.cache_hit
+    assert changed.probabilities == clf.predict(trained[1][-1].read_bytes()).probabilities
+    assert first.probabilities != changed.probabilities
