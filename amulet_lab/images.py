@@ -19,12 +19,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from amulet_lab.errors import ProcessingError, ValidationError
+from amulet_lab.errors import ProcessingError, SecurityError, ValidationError
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import torch
     from PIL import Image
+
+    from amulet_lab.config import Settings
 
 __all__ = ["PreprocessSpec", "decode", "preprocess", "resize_square", "to_array", "ImageInput"]
 
@@ -69,36 +71,66 @@ class PreprocessSpec:
         return cls(size=int(data["size"]), mean=tuple(data["mean"]), std=tuple(data["std"]))
 
 
-def _open_bytes(data: bytes) -> Image.Image:
+def _open_bytes(data: bytes, settings: Settings) -> Image.Image:
+    """Open (header only) bytes of an allowed format whose header size is within the limits."""
     from PIL import Image, UnidentifiedImageError
+
+    from amulet_lab.pixels import check_dimensions
+    from amulet_lab.security import ALLOWED_FORMATS, register_heif, sniff_format
 
     if len(data) == 0:
         raise ValidationError("image data is empty (0 bytes)", field="image", code="E_IMAGE_EMPTY")
-    try:
-        return Image.open(io.BytesIO(data))
-    except UnidentifiedImageError as exc:
+    fmt = sniff_format(data)
+    if fmt is None or fmt not in ALLOWED_FORMATS:
         raise ValidationError(
-            "image data is not a recognised image format", field="image", code="E_IMAGE_FORMAT"
+            "image data is not a JPEG, PNG, WebP or HEIC/HEIF image", field="image", code="E_IMAGE_FORMAT",
+            context={"head": data[:8].hex()},
+        )
+    if fmt == "HEIF":
+        register_heif()
+    try:
+        # formats= keeps Pillow from trying its other (less hardened) plugins, e.g. EPS via Ghostscript.
+        img = Image.open(io.BytesIO(data), formats=[fmt])
+    except Image.DecompressionBombError as exc:
+        raise SecurityError(f"image header claims too many pixels: {exc}", severity="high", code="E_IMAGE_BOMB") from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ValidationError(
+            f"{fmt} image cannot be opened: {type(exc).__name__}: {str(exc)[:200]}", field="image", code="E_IMAGE_FORMAT"
         ) from exc
+    check_dimensions(*img.size, max_side=settings.max_image_side, max_pixels=settings.max_image_pixels)
+    return img
 
 
-def decode(source: ImageInput, *, target_size: int | tuple[int, int] | None = None) -> Image.Image:
-    """An upright RGB PIL image from a path, bytes, PIL image or HxW(x3|x4) uint8 array.
+def decode(
+    source: ImageInput, *, target_size: int | tuple[int, int] | None = None, settings: Settings | None = None
+) -> Image.Image:
+    """An upright RGB PIL image from a path, bytes, PIL image or HxW(x3|x4) array.
 
-    With ``target_size`` a JPEG is decoded at the smallest libjpeg scale (1/2, 1/4, 1/8) that is still
-    at least that size, so the caller's resize works on far fewer pixels.
+    Bytes and paths must be JPEG, PNG, WebP or HEIC/HEIF within ``settings.max_image_side`` /
+    ``max_image_pixels`` (checked on the header, before decoding). With ``target_size`` a JPEG that
+    ``decode`` opened itself is decoded at the smallest libjpeg scale (1/2, 1/4, 1/8) that is still at
+    least that size, so the caller's resize works on far fewer pixels. A caller's PIL image is never mutated.
     """
     from PIL import Image, ImageOps
 
+    from amulet_lab.pixels import check_dimensions, to_rgb
+
+    if settings is None:
+        from amulet_lab.config import get_settings
+
+        settings = get_settings()
+    owned = True  # draft() changes the image in place: only on images opened here
     if isinstance(source, Image.Image):
         img = source
+        owned = False
+        check_dimensions(*img.size, max_side=settings.max_image_side, max_pixels=settings.max_image_pixels)
     elif isinstance(source, (bytes, bytearray, memoryview)):
-        img = _open_bytes(bytes(source))
+        img = _open_bytes(bytes(source), settings)
     elif isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():
             raise ValidationError(f"image file not found: {path}", field="image", value=str(path), code="E_IMAGE_NOT_FOUND")
-        img = _open_bytes(path.read_bytes())
+        img = _open_bytes(path.read_bytes(), settings)
     elif type(source).__module__ == "numpy":
         return Image.fromarray(to_array(source))
     else:
@@ -109,30 +141,26 @@ def decode(source: ImageInput, *, target_size: int | tuple[int, int] | None = No
             code="E_IMAGE_TYPE",
         )
     try:
-        if target_size is not None and img.format == "JPEG":
+        if owned and target_size is not None and img.format == "JPEG":
             w, h = (target_size, target_size) if isinstance(target_size, int) else target_size
             # draft() keeps the scaled image >= the requested size in both sides; orientation may swap
             # sides after transpose, so ask for the larger side both ways.
             side = max(w, h)
             img.draft("RGB", (side, side))
-        img = ImageOps.exif_transpose(img)
-        if img.mode != "RGB":
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                # Composite transparency onto white rather than letting convert() expose arbitrary colours.
-                rgba = img.convert("RGBA")
-                bg = Image.new("RGB", rgba.size, (255, 255, 255))
-                bg.paste(rgba, mask=rgba.getchannel("A"))
-                img = bg
-            else:
-                img = img.convert("RGB")
         img.load()
-    except (OSError, SyntaxError) as exc:  # truncated / malformed data surfaces only when pixels are read
+        # Not in place: a caller's image must stay as it was.
+        img = ImageOps.exif_transpose(img)
+        # The same 8-bit conversion as security.validate_image, so training and serving see the same pixels.
+        img = to_rgb(img)
+    except Image.DecompressionBombError as exc:
+        raise SecurityError(f"image decodes to too many pixels: {exc}", severity="high", code="E_IMAGE_BOMB") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # truncated / malformed data surfaces only when pixels are read
         raise ProcessingError(f"could not decode image: {exc}", stage="decode", code="E_IMAGE_DECODE") from exc
     return img
 
 
 def to_array(array: Any) -> np.ndarray:
-    """A HxWx3 uint8 RGB array from a gray, RGB or RGBA array (uint8, or float in 0..1)."""
+    """A HxWx3 uint8 RGB array from a gray, RGB or RGBA array (uint8, 16-bit ints scaled, or float in 0..1)."""
     import numpy as np
 
     arr = np.asarray(array)
@@ -151,7 +179,9 @@ def to_array(array: Any) -> np.ndarray:
             scale = 255.0 if arr.max(initial=0) <= 1.0 else 1.0
             arr = np.clip(arr * scale, 0, 255).round().astype(np.uint8)
         else:
-            arr = np.clip(arr, 0, 255).astype(np.uint8)
+            # Like pixels.to_rgb: a 16-bit range (uint16, or ints over 255) is scaled, not clipped.
+            top = 65535.0 if (arr.dtype == np.uint16 or arr.max(initial=0) > 255) else 255.0
+            arr = np.clip(arr.astype(np.float64) * (255.0 / top) + 0.5, 0, 255).astype(np.uint8)
     return np.ascontiguousarray(arr)
 
 

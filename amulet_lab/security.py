@@ -47,7 +47,11 @@ if TYPE_CHECKING:
 
     from amulet_lab.config import Settings
 
-__all__ = ["validate_image", "ValidatedImage", "sniff_format", "safe_filename", "generated_name", "ImageInput"]
+__all__ = ["validate_image", "ValidatedImage", "sniff_format", "safe_filename", "generated_name", "ImageInput",
+           "ALLOWED_FORMATS", "register_heif"]
+
+#: Pillow format names accepted from untrusted input (what ``sniff_format`` can return).
+ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "HEIF")
 
 logger = logging.getLogger("amulet_lab.security")
 
@@ -310,6 +314,11 @@ def _register_heif() -> None:
 
             pillow_heif.register_heif_opener()
             _heif_registered = True
+
+
+def register_heif() -> None:
+    """Teach Pillow to read HEIC/HEIF (idempotent; for decoders outside this module)."""
+    _register_heif()
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

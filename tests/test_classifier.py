@@ -114,7 +114,7 @@ def test_every_call_records_into_the_monitor(clf, trained):
 
 def test_pair_combines_sides(clf, trained):
     front, back = trained[1][0], trained[1][1]
-    pair = clf.predict_pair(front, back)
+    pair = clf.predict_pair(front, back)  # tiny model: agreement is checked on known pieces below
     f, b = pair.front.probabilities, pair.back.probabilities
     logp = torch.tensor([np.log(f[k]) + np.log(b[k]) for k in f]) / 2
     expected = torch.softmax(logp.double(), 0)
@@ -125,12 +125,73 @@ def test_pair_combines_sides(clf, trained):
     assert set(pair.to_dict()) == {"front", "back", "combined", "agree"}
 
 
+@pytest.fixture(scope="module")
+def bundled(tmp_path_factory):
+    """The committed amulet6-synth model (read only), which knows the committed sample photos."""
+    from amulet_lab.config import load_settings
+
+    if not default_checkpoint_path().is_file():
+        pytest.skip("data/models/amulet6-synth.pt is not built")
+    quiet = load_settings(environ={}, dotenv=None)
+    return AmuletClassifier.from_checkpoint(settings=quiet, cache=False, monitor=PerformanceMonitor())
+
+
+def test_pair_agreement_on_known_pieces(bundled):
+    import json
+
+    from amulet_lab.data import SAMPLES_DIR
+
+    groups = json.loads((SAMPLES_DIR / "groups.json").read_text(encoding="utf-8"))
+    front, back = "phra_sivali/phra_sivali_front_0000.jpg", "phra_sivali/phra_sivali_back_0000.jpg"
+    assert groups[front] == groups[back]  # one physical piece, both sides
+    same = bundled.predict_pair(SAMPLES_DIR / front, SAMPLES_DIR / back)
+    assert same.agree is True and same.combined.label == "phra_sivali"
+    other = SAMPLES_DIR / "prok_bodhi_9_leaves/prok_bodhi_9_leaves_front_0000.jpg"
+    mixed = bundled.predict_pair(SAMPLES_DIR / front, other)
+    assert mixed.front.label == "phra_sivali" and mixed.back.label == "prok_bodhi_9_leaves"
+    assert mixed.agree is False
+
+
+def test_cached_counts_are_exact_under_eight_threads(clf, trained):
+    paths = trained[1][:4]
+    before = clf.model_status()["predictions"]
+    barrier = threading.Barrier(8)
+    calls = 25
+
+    def work(offset):
+        barrier.wait()
+        hits = 0
+        for i in range(calls):
+            hits += clf.predict(paths[(i + offset) % len(paths)]).cache_hit
+        return hits
+
+    with ThreadPoolExecutor(8) as pool:
+        hits = sum(pool.map(work, range(8)))
+    assert clf.model_status()["predictions"] - before == 8 * calls
+    # get_or_compute: each distinct image is decoded once however many threads asked for it at once.
+    assert hits == 8 * calls - len(paths)
+
+
+def test_oversized_input_is_not_hashed(trained, settings):
+    small = settings.replace(max_upload_bytes=100)
+    clf = AmuletClassifier.from_checkpoint(trained[0], settings=small, cache=ImageCache(settings=small),
+                                           monitor=PerformanceMonitor())
+    data = trained[1][0].read_bytes()
+    assert clf._cache_key(data) is None and clf._cache_key(trained[1][0]) is None
+    assert clf._cache_key(np.zeros((20, 20, 3), np.uint8)) is None
+    with pytest.raises(ValidationError):
+        clf.predict(data)
+    arr = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
+    assert clf._cache_key(arr) is not None  # 12 bytes: hashed through a byte view
+    assert clf._cache_key(arr) == clf._cache_key(arr.copy()) != clf._cache_key(arr + 1)
+
+
 def test_bad_inputs_raise_coded_errors(clf, tmp_path):
-    for bad, code in ((b"", None), (b"plain text", None), (tmp_path / "missing.jpg", None), (123, "E_IMAGE_TYPE")):
+    for bad, code in ((b"", "E_IMAGE_EMPTY"), (b"plain text", "E_IMAGE_SIGNATURE"),
+                      (tmp_path / "missing.jpg", "E_IMAGE_NOT_FOUND"), (123, "E_IMAGE_TYPE")):
         with pytest.raises(ValidationError) as err:
             clf.predict(bad)
-        if code:
-            assert err.value.code == code
+        assert err.value.code == code, bad
     with pytest.raises(ValidationError):
         clf.predict(np.zeros((4, 4, 5)))
     with pytest.raises(ValidationError):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from amulet_lab.errors import ProcessingError, ValidationError
+from amulet_lab.errors import AmuletError, ProcessingError, SecurityError, ValidationError
 from amulet_lab.images import PreprocessSpec, decode, preprocess, resize_square, to_array
 
 
@@ -125,3 +125,69 @@ def test_spec_transform_id_is_stable_and_distinguishes_specs():
     for bad in (dict(size=4), dict(size=64, std=(0, 1, 1)), dict(size=64, mean=(1, 2))):
         with pytest.raises(ValidationError):
             PreprocessSpec(**bad)
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_16_bit_grey_png_is_scaled_the_same_as_validate_image(settings):
+    from amulet_lab.security import validate_image
+
+    grey = np.full((16, 24), 32896, dtype=np.uint16)  # 32896 / 65535 * 255 = 128: mid grey, not white
+    data = _png(Image.fromarray(grey))
+    ours = np.asarray(decode(data, settings=settings))
+    theirs = np.asarray(validate_image(data, settings=settings).image)
+    assert ours.shape == (16, 24, 3) and abs(float(ours.mean()) - 127.5) < 1.5
+    assert np.array_equal(ours, theirs)
+
+
+def test_16_bit_arrays_are_scaled_not_clipped():
+    arr = to_array(np.full((4, 4), 65535, dtype=np.uint16))
+    assert arr.dtype == np.uint8 and (arr == 255).all()
+    assert abs(float(to_array(np.full((4, 4), 32896, dtype=np.uint16)).mean()) - 128) <= 1
+    assert (to_array(np.full((4, 4, 3), 200, dtype=np.int64)) == 200).all()  # an 8-bit range stays as it is
+
+
+def test_header_claiming_huge_size_is_refused_before_decoding(settings):
+    import struct
+    import zlib
+
+    data = bytearray(_png(Image.new("L", (4, 4))))
+    # IHDR data sits at bytes 16..29 (after signature, length, type); patch width/height and its CRC.
+    data[16:24] = struct.pack(">II", 20000, 20000)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    with pytest.raises(AmuletError) as err:
+        decode(bytes(data), settings=settings)
+    assert err.value.code in {"E_IMAGE_DIMENSIONS", "E_IMAGE_BOMB"}
+    big_side = settings.replace(max_image_side=30000)
+    with pytest.raises(SecurityError) as err:
+        decode(bytes(data), settings=big_side)
+    assert err.value.code == "E_IMAGE_BOMB"
+
+
+@pytest.mark.parametrize("fmt", ["EPS", "BMP", "GIF", "TIFF"])
+def test_formats_outside_the_allow_list_are_refused(fmt, tmp_path):
+    if fmt == "EPS":  # Pillow would hand this to Ghostscript if decode let it pick any plugin
+        data = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n"
+    else:
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8), (10, 20, 30)).save(buf, fmt)
+        data = buf.getvalue()
+    path = tmp_path / f"x.{fmt.lower()}"
+    path.write_bytes(data)
+    for source in (data, path):
+        with pytest.raises(ValidationError) as err:
+            decode(source)
+        assert err.value.code == "E_IMAGE_FORMAT"
+
+
+def test_a_callers_image_is_never_drafted_or_changed():
+    data = _jpeg(_gradient(800, 600))
+    img = Image.open(io.BytesIO(data))
+    out = decode(img, target_size=64)
+    assert out.size == (800, 600)  # full size: draft() is only used on images decode opened itself
+    assert img.size == (800, 600) and img.mode == "RGB"
+    assert decode(data, target_size=64).size[0] < 800  # its own open is drafted

@@ -119,6 +119,31 @@ def test_labels_that_do_not_match_the_project_raise(tmp_path):
     assert load_checkpoint(path, expected_labels=None).labels[0]["key"] == payload["labels"][0]["key"]
 
 
+@pytest.mark.parametrize("labels", ["abc", [], [["key", "x"]], [{1: "x", "key": "a"}], [{"thai": "x"}]])
+def test_malformed_labels_raise_format(tmp_path, labels):
+    payload = _checkpoint().to_payload()
+    payload["labels"] = labels
+    path = tmp_path / "bad_labels.pt"
+    torch.save(payload, path)
+    with pytest.raises(ModelError) as err:
+        load_checkpoint(path, expected_labels=None)
+    assert err.value.code == "E_CHECKPOINT_FORMAT"
+
+
+def test_corrupt_checkpoint_that_vanishes_still_reports_corrupt(tmp_path, monkeypatch):
+    path = tmp_path / "gone.pt"
+    path.write_bytes(b"not a torch file")
+
+    def load_then_vanish(*args, **kwargs):
+        path.unlink()
+        raise RuntimeError("invalid header")
+
+    monkeypatch.setattr(torch, "load", load_then_vanish)
+    with pytest.raises(ModelError) as err:
+        load_checkpoint(path)
+    assert err.value.code == "E_CHECKPOINT_CORRUPT" and err.value.context["bytes"] is None
+
+
 def test_weights_that_do_not_fit_the_arch_raise(tmp_path):
     payload = _checkpoint().to_payload()
     payload["arch"] = "small"

@@ -7,7 +7,7 @@ atomically (temp file + ``os.replace``), so a crash never leaves half a checkpoi
 Error codes of ``load_checkpoint``:
     E_CHECKPOINT_MISSING   no such file
     E_CHECKPOINT_CORRUPT   unreadable (truncated, not a torch file, unsafe content)
-    E_CHECKPOINT_FORMAT    readable but not an amulet-lab checkpoint, or of an unknown format version
+    E_CHECKPOINT_FORMAT    readable but not an amulet-lab checkpoint, of an unknown format version, or malformed labels
     E_CHECKPOINT_LABELS    its labels differ from the project's ``data/labels.json``
     E_CHECKPOINT_WEIGHTS   its weights do not fit its architecture
 """
@@ -131,10 +131,14 @@ def load_checkpoint(path: str | Path, *, expected_labels: Any = "project") -> Ch
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        try:
+            size: int | None = path.stat().st_size
+        except OSError:  # removed or unreadable meanwhile: report the load error, not this one
+            size = None
         raise ModelError(
             f"checkpoint {path} is unreadable (truncated, corrupt or not a torch file): {type(exc).__name__}: {exc}"[:500],
             code="E_CHECKPOINT_CORRUPT",
-            context={"path": str(path), "bytes": path.stat().st_size},
+            context={"path": str(path), "bytes": size},
         ) from exc
     ctx = {"path": str(path)}
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
@@ -148,6 +152,11 @@ def load_checkpoint(path: str | Path, *, expected_labels: Any = "project") -> Ch
     if missing:
         raise ModelError(f"{path} lacks {missing}", code="E_CHECKPOINT_FORMAT", context={**ctx, "missing": missing})
     labels = payload["labels"]
+    if not isinstance(labels, list) or not labels or not all(
+        isinstance(d, dict) and all(isinstance(k, str) for k in d) and isinstance(d.get("key"), str) for d in labels
+    ):
+        raise ModelError(f"{path} has malformed labels (want a non-empty list of dicts with str keys and a 'key')",
+                         code="E_CHECKPOINT_FORMAT", context=ctx)
     if expected_labels is not None:
         want = project_labels() if isinstance(expected_labels, str) and expected_labels == "project" else _label_dicts(expected_labels)
         if [d.get("key") for d in labels] != [d["key"] for d in want]:

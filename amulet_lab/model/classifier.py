@@ -2,8 +2,9 @@
 
 Pipeline of one image: decode (untrusted bytes and paths go through ``security.validate_image``),
 preprocess (square resize, normalise; the result is stored in the image cache under
-``cache.key_for(bytes_or_path, spec.transform_id)``; a path's key is remembered per (path, size, mtime)
-so a repeated file is not re-read to hash it), infer (the model under ``torch.inference_mode``,
+``cache.key_for(bytes_or_path, spec.transform_id)`` through ``get_or_compute``, so identical concurrent
+requests decode once; inputs over ``settings.max_upload_bytes`` are not hashed at all; a path's key is
+remembered per (path, size, mtime) so a repeated file is not re-read to hash it), infer (the model under ``torch.inference_mode``,
 flip TTA inside the model), postprocess (temperature-scaled softmax, top-k, confidence band, unknown
 rule). Each stage's time is in ``Prediction.timings`` (ms) and every call records into the
 performance monitor (``classifier.predict``, ``classifier.predict_batch``, ``classifier.<stage>``).
@@ -168,7 +169,11 @@ class AmuletClassifier:
         self._path_keys: OrderedDict[tuple[str, int, int], str] = OrderedDict()
         self._mean = torch.tensor(self.spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(self.spec.std, dtype=torch.float32).view(1, 3, 1, 1)
-        self._counts = {"predictions": 0, "errors": 0}
+        from amulet_lab.threads import AtomicCounter
+
+        # Locked counters: ``+=`` on a dict item is a read-modify-write that loses counts across threads.
+        self._predictions = AtomicCounter()
+        self._errors = AtomicCounter()
         self._loaded_at = time.time()
         if settings.torch_threads > 0:
             torch.set_num_threads(settings.torch_threads)
@@ -203,7 +208,7 @@ class AmuletClassifier:
 
             data = bytes(image) if isinstance(image, memoryview) else image
             return validate_image(data, settings=self.settings, draft_size=self.spec.size).image
-        return decode(image, target_size=self.spec.size)
+        return decode(image, target_size=self.spec.size, settings=self.settings)
 
     def _tensor(self, img: Any) -> torch.Tensor:
         if self.settings.test_preprocess_delay_ms > 0:  # test-only: seeds a known regression for benchmarks
@@ -218,10 +223,16 @@ class AmuletClassifier:
         if isinstance(image, (str, Path)):
             return self._path_key(Path(image))
         if isinstance(image, (bytes, bytearray, memoryview)):
+            if _nbytes(image) > self.settings.max_upload_bytes:
+                return None  # not worth hashing: validate_image refuses it without reading it all
             return self.cache.key_for(image, self.spec.transform_id)
         if isinstance(image, np.ndarray):
             arr = np.ascontiguousarray(image)
-            return self.cache.key_for(arr.tobytes(), f"{self.spec.transform_id}:nd{arr.shape}{arr.dtype}")
+            if arr.dtype.hasobject or arr.nbytes > self.settings.max_upload_bytes:
+                return None  # object arrays have no stable bytes; huge ones cost more to hash than to refuse
+            # A byte view of the (contiguous) array: hashed without copying its pixels.
+            view = memoryview(arr).cast("B")
+            return self.cache.key_for(view, f"{self.spec.transform_id}:nd{arr.shape}{arr.dtype}")
         return None  # PIL images: hashing their pixels would cost about as much as preprocessing them
 
     def _path_key(self, path: Path) -> str | None:
@@ -230,8 +241,8 @@ class AmuletClassifier:
             st = path.stat()
         except OSError:
             return None  # validate_image reports the missing file with its own code
-        if not path.is_file():
-            return None
+        if not path.is_file() or st.st_size > self.settings.max_upload_bytes:
+            return None  # validate_image refuses it (with its own code) without hashing it first
         ident = (str(path.resolve()), st.st_size, st.st_mtime_ns)
         with self._keys_lock:
             key = self._path_keys.get(ident)
@@ -251,16 +262,31 @@ class AmuletClassifier:
             raise ValidationError("image is None", field="image", code="E_IMAGE_TYPE")
         t0 = time.perf_counter()
         key = self._cache_key(image)
-        if key is not None:
-            cached = self.cache.get_image(key)
-            if isinstance(cached, torch.Tensor):
-                return cached, {"decode": (time.perf_counter() - t0) * 1000, "preprocess": 0.0}, True
+        if key is None:
+            return self._compute(image, t0)
+        computed: list[tuple[torch.Tensor, dict[str, float]]] = []
+
+        def compute() -> torch.Tensor:
+            x, timings = self._compute(image, t0)[:2]
+            computed.append((x, timings))
+            return x
+
+        # get_or_compute: concurrent identical requests decode once; only the thread that ran compute()
+        # reports a miss, the others (cached or waiting on it) got the tensor without decoding.
+        x = self.cache.get_or_compute(key, compute)
+        if computed:
+            return computed[0][0], computed[0][1], False
+        if not isinstance(x, torch.Tensor):
+            raise ModelError(f"image cache holds a {type(x).__name__} under a tensor key", code="E_CACHE_VALUE",
+                             context={"key": key})
+        return x, {"decode": (time.perf_counter() - t0) * 1000, "preprocess": 0.0}, True
+
+    def _compute(self, image: Any, t0: float) -> tuple[torch.Tensor, dict[str, float], bool]:
+        """Decode and preprocess one image (no cache)."""
         img = self._decode(image)
         t1 = time.perf_counter()
         x = self._tensor(img)
         t2 = time.perf_counter()
-        if key is not None:
-            self.cache.put(key, x)
         return x, {"decode": (t1 - t0) * 1000, "preprocess": (t2 - t1) * 1000}, False
 
     def _infer(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -304,10 +330,10 @@ class AmuletClassifier:
             timings["postprocess"] = (time.perf_counter() - t1) * 1000
             timings["total"] = (time.perf_counter() - start) * 1000
         except Exception:
-            self._counts["errors"] += 1
+            self._errors.increment()
             self._record("classifier.predict", time.perf_counter() - start, error=True)
             raise
-        self._counts["predictions"] += 1
+        self._predictions.increment()
         self._record("classifier.predict", timings["total"] / 1000)
         for stage in STAGES:
             self._record(f"classifier.{stage}", timings[stage] / 1000)
@@ -341,10 +367,10 @@ class AmuletClassifier:
                     timings["total"] = sum(timings[s] for s in STAGES)
                     out.append(pred)
         except Exception:
-            self._counts["errors"] += 1
+            self._errors.increment()
             self._record("classifier.predict_batch", time.perf_counter() - start, error=True)
             raise
-        self._counts["predictions"] += len(out)
+        self._predictions.add(len(out))
         self._record("classifier.predict_batch", time.perf_counter() - start)
         return out
 
@@ -383,8 +409,8 @@ class AmuletClassifier:
             "metrics": meta.get("metrics", {}),
             "amulet_lab_version": meta.get("amulet_lab_version"),
             "torch_threads": torch.get_num_threads(),
-            "predictions": self._counts["predictions"],
-            "errors": self._counts["errors"],
+            "predictions": self._predictions.get(),
+            "errors": self._errors.get(),
             "loaded_at": self._loaded_at,
             "cache": self.cache.get_stats() if self.cache is not None else None,
         }
@@ -406,6 +432,10 @@ class AmuletClassifier:
             f"<span style='font-size:0.85em'>{labels}</span><br>"
             f"<span style='color:#777;font-size:0.8em'>predictions {st['predictions']}, errors {st['errors']}</span></div>"
         )
+
+
+def _nbytes(data: bytes | bytearray | memoryview) -> int:
+    return data.nbytes if isinstance(data, memoryview) else len(data)
 
 
 def _check_top_k(top_k: int) -> None:
