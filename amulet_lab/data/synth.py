@@ -527,6 +527,16 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
         path.unlink()
 
 
+
+def _check_counts(count: tuple[str, Any], size: Any, seed: Any) -> None:
+    """Refuse a count below 1, a size outside 32..1024 or a negative seed (E_SYNTH_ARGUMENT)."""
+    for name, value, low in (count + (1,), ("size", size, 32), ("seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValidationError(f"{name} must be an integer >= {low}, got {value!r}", field=name, value=value,
+                                  code="E_SYNTH_ARGUMENT")
+    if size > 1024:
+        raise ValidationError(f"size must be <= 1024, got {size}", field="size", value=size, code="E_SYNTH_ARGUMENT")
+
 def synthesize(out_dir: str | Path, per_class: int, seed: int, size: int = 224, *, progress: bool = True,
                overwrite: bool = False) -> Path:
     """Render ``per_class`` synthetic photos of each class into ``out_dir/<key>/`` plus ``groups.json``.
@@ -536,12 +546,7 @@ def synthesize(out_dir: str | Path, per_class: int, seed: int, size: int = 224, 
     """
     from tqdm.auto import tqdm
 
-    for name, value, low in (("per_class", per_class, 1), ("size", size, 32), ("seed", seed, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValidationError(f"{name} must be an integer >= {low}, got {value!r}", field=name, value=value,
-                                  code="E_SYNTH_ARGUMENT")
-    if size > 1024:
-        raise ValidationError(f"size must be <= 1024, got {size}", field="size", value=size, code="E_SYNTH_ARGUMENT")
+    _check_counts(("per_class", per_class), size, seed)
     import numpy as np
 
     out = Path(out_dir)
@@ -606,12 +611,7 @@ def synthesize_unknowns(out_dir: str | Path, n: int, seed: int, size: int = 224,
     """
     import numpy as np
 
-    for name, value, low in (("n", n, 1), ("size", size, 32), ("seed", seed, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValidationError(f"{name} must be an integer >= {low}, got {value!r}", field=name, value=value,
-                                  code="E_SYNTH_ARGUMENT")
-    if size > 1024:
-        raise ValidationError(f"size must be <= 1024, got {size}", field="size", value=size, code="E_SYNTH_ARGUMENT")
+    _check_counts(("n", n), size, seed)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValidationError(f"{out} exists and is not a folder", field="out_dir", value=str(out),
