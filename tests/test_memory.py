@@ -381,7 +381,7 @@ def test_process_large_image_of_a_6000x4000_jpeg_has_bounded_peak_memory(tmp_pat
 
 def _hold_300_mb_and_keep_running_python():
     block = bytearray(b"\x01") * (300 * MB)  # written, so resident (a bare bytearray(n) would not be)
-    for _ in range(60):  # bytecode runs (several 10 ms samples long), so the asynchronous exception can land
+    for _ in range(300):  # bytecode runs (several 10 ms samples long), so the asynchronous exception can land
         time.sleep(0.001)
     return block
 
@@ -433,7 +433,7 @@ def test_memory_efficient_operation_records_into_the_performance_monitor():
     @memory_efficient_operation("tests.memory.alloc")
     def alloc():
         block = np.ones(60 * MB, dtype=np.uint8)
-        time.sleep(0.02)
+        time.sleep(0.3)  # long enough for the 10 ms sampler on a busy machine
         return int(block[0])
 
     @memory_efficient_operation("tests.memory.async")
