@@ -158,15 +158,24 @@ class TTLCache:
     def get(self, key: Hashable, default: Any = None) -> Any:
         """The value of ``key`` if present and not expired, else ``default``."""
         with self._lock:
-            entry = self._data.get(key)
-            if entry is not None:
-                if entry[2] > self._timer():
-                    self._data.move_to_end(key)
-                    self._hits += 1
-                    return entry[0]
-                self._drop(key, entry, "ttl")
-            self._misses += 1
-            return default
+            value = self._hit_locked(key)
+            if value is _MISSING:
+                self._misses += 1
+                return default
+            return value
+
+    def _hit_locked(self, key: Hashable) -> Any:
+        """With the lock held: the live value of ``key`` (counted as a hit, moved to the LRU end), else
+        ``_MISSING``; an expired entry found on the way is dropped."""
+        entry = self._data.get(key)
+        if entry is None:
+            return _MISSING
+        if entry[2] > self._timer():
+            self._data.move_to_end(key)
+            self._hits += 1
+            return entry[0]
+        self._drop(key, entry, "ttl")
+        return _MISSING
 
     def set(self, key: Hashable, value: Any, ttl: float | None = None) -> None:
         """Store ``value`` under ``key`` for ``ttl`` seconds (default ``default_ttl``), evicting LRU entries."""
@@ -294,13 +303,9 @@ class TTLCache:
     def _claim(self, key: Hashable) -> tuple[Any, concurrent.futures.Future[Any] | None, bool]:
         """Under the lock: (value, None, False) on a hit, else (None, flight, leader?)."""
         with self._lock:
-            entry = self._data.get(key)
-            if entry is not None:
-                if entry[2] > self._timer():
-                    self._data.move_to_end(key)
-                    self._hits += 1
-                    return entry[0], None, False
-                self._drop(key, entry, "ttl")
+            value = self._hit_locked(key)
+            if value is not _MISSING:
+                return value, None, False
             flight = self._flights.get(key)
             if flight is not None:
                 return None, flight, False  # a waiter: counted by _count_waiter once the leader is done

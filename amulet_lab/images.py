@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from amulet_lab.config import Settings
 
-__all__ = ["PreprocessSpec", "decode", "preprocess", "resize_square", "to_array", "ImageInput"]
+__all__ = ["PreprocessSpec", "decode", "preprocess", "to_uint8_batch", "resize_square", "to_array", "ImageInput"]
 
 #: What ``decode`` accepts.
 ImageInput = Any  # str | Path | bytes | bytearray | memoryview | PIL.Image.Image | numpy.ndarray
@@ -64,6 +64,14 @@ class PreprocessSpec:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (stored in checkpoints)."""
         return {"size": self.size, "mean": list(self.mean), "std": list(self.std)}
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """``(x - mean) / std`` per channel of an NCHW float batch in [0, 1]: the one normalisation of the project."""
+        import torch
+
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
+        return ((x - mean) / std).contiguous()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreprocessSpec:
@@ -195,21 +203,23 @@ def resize_square(img: Image.Image, size: int) -> Image.Image:
     return img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
 
 
-def preprocess(images: ImageInput | Sequence[ImageInput], spec: PreprocessSpec) -> torch.Tensor:
-    """A normalised NCHW float32 batch from one image or a sequence of them (any ``decode`` input)."""
+def to_uint8_batch(images: Sequence[ImageInput], size: int) -> torch.Tensor:
+    """Decode images (any ``decode`` input) to one (N, 3, size, size) uint8 tensor, squashed square."""
     import numpy as np
     import torch
 
+    out = torch.empty((len(images), 3, size, size), dtype=torch.uint8)
+    for i, item in enumerate(images):
+        img = resize_square(decode(item, target_size=size), size)
+        out[i] = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+    return out
+
+
+def preprocess(images: ImageInput | Sequence[ImageInput], spec: PreprocessSpec) -> torch.Tensor:
+    """A normalised NCHW float32 batch from one image or a sequence of them (any ``decode`` input)."""
     if not isinstance(spec, PreprocessSpec):
         raise ValidationError("spec must be a PreprocessSpec", field="spec", value=type(spec).__name__)
     items = list(images) if isinstance(images, (list, tuple)) else [images]
     if not items:
         raise ValidationError("preprocess needs at least one image", field="images", code="E_EMPTY_BATCH")
-    batch = np.empty((len(items), spec.size, spec.size, 3), dtype=np.uint8)
-    for i, item in enumerate(items):
-        img = decode(item, target_size=spec.size)
-        batch[i] = np.asarray(resize_square(img, spec.size))
-    tensor = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
-    return ((tensor - mean) / std).contiguous()
+    return spec.normalise(to_uint8_batch(items, spec.size).float().div_(255.0))

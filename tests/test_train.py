@@ -10,7 +10,8 @@ import torch
 from amulet_lab.errors import ValidationError
 from amulet_lab.images import PreprocessSpec
 from amulet_lab.model import TrainConfig, fit, load_checkpoint
-from amulet_lab.model.train import augment, fit_temperature, load_uint8
+from amulet_lab.images import to_uint8_batch
+from amulet_lab.model.train import augment, fit_temperature
 from model_helpers import TINY_SIZE, tiny_checkpoint, tiny_dataset
 
 
@@ -75,9 +76,9 @@ def test_fit_validates_inputs():
         TrainConfig(epochs=0)
 
 
-def test_load_uint8_shape(dataset):
+def test_to_uint8_batch_shape(dataset):
     paths, _ = _paths_labels(dataset)
-    out = load_uint8(paths[:3], 20)
+    out = to_uint8_batch(paths[:3], 20)
     assert out.shape == (3, 3, 20, 20) and out.dtype == torch.uint8
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import html
-import math
 import threading
 import time
 from collections import OrderedDict
@@ -39,7 +38,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from amulet_lab.config import Settings
     from amulet_lab.perf import PerformanceMonitor
 
-__all__ = ["AmuletClassifier", "Prediction", "PairPrediction", "default_checkpoint_path", "confidence_band"]
+__all__ = ["AmuletClassifier", "Prediction", "PairPrediction", "default_checkpoint_path", "confidence_band",
+           "combine_sides"]
+
+
+def combine_sides(probs: torch.Tensor) -> torch.Tensor:
+    """One piece's class probabilities from its sides' (one row each): softmax of the mean log-probability."""
+    logp = probs.double().clamp_min(1e-12).log().mean(0)
+    return torch.softmax(logp, 0).float()
 
 STAGES = ("decode", "preprocess", "infer", "postprocess")
 #: Paths whose content key is remembered (by path, size and mtime), most recent first out last.
@@ -167,8 +173,6 @@ class AmuletClassifier:
         self._lock = threading.Lock()
         self._keys_lock = threading.Lock()
         self._path_keys: OrderedDict[tuple[str, int, int], str] = OrderedDict()
-        self._mean = torch.tensor(self.spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self._std = torch.tensor(self.spec.std, dtype=torch.float32).view(1, 3, 1, 1)
         from amulet_lab.threads import AtomicCounter
 
         # Locked counters: ``+=`` on a dict item is a read-modify-write that loses counts across threads.
@@ -215,7 +219,7 @@ class AmuletClassifier:
             time.sleep(self.settings.test_preprocess_delay_ms / 1000.0)
         arr = np.asarray(resize_square(img, self.spec.size))
         x = torch.from_numpy(arr.copy()).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
-        return ((x - self._mean) / self._std).contiguous()
+        return self.spec.normalise(x)
 
     def _cache_key(self, image: Any) -> str | None:
         if self.cache is None:
@@ -381,9 +385,7 @@ class AmuletClassifier:
             return PairPrediction(front=f, back=None, combined=f, agree=None)
         b = self.predict(back, top_k=top_k)
         keys = [lab.key for lab in self.labels]
-        logp = 0.5 * (torch.tensor([math.log(max(f.probabilities[k], 1e-12)) for k in keys])
-                      + torch.tensor([math.log(max(b.probabilities[k], 1e-12)) for k in keys]))
-        probs = torch.softmax(logp.double(), 0).float()
+        probs = combine_sides(torch.tensor([[side.probabilities[k] for k in keys] for side in (f, b)]))
         timings = {s: f.timings[s] + b.timings[s] for s in (*STAGES, "total")}
         distances = [d for d in (f.distance, b.distance) if d is not None]
         distance = torch.tensor(min(distances)) if len(distances) == 2 else None  # one side near the data is enough

@@ -86,10 +86,11 @@ def pair_accuracy(probs: torch.Tensor, targets: Sequence[int], groups: Sequence[
     pairs = {g: idx for g, idx in members.items() if len(idx) >= 2}
     if not pairs:
         return None
+    from amulet_lab.model.classifier import combine_sides
+
     correct = 0
     for idx in pairs.values():
-        logp = probs[idx].clamp_min(1e-12).log().mean(0)
-        correct += int(int(logp.argmax()) == int(targets[idx[0]]))
+        correct += int(int(combine_sides(probs[idx]).argmax()) == int(targets[idx[0]]))
     return {"pairs": len(pairs), "pair_accuracy": correct / len(pairs)}
 
 
@@ -147,7 +148,8 @@ def cross_validate(
 
     from amulet_lab.data import stratified_kfold
     from amulet_lab.images import PreprocessSpec
-    from amulet_lab.model.train import TrainConfig, _normalise, fit, load_uint8, predict_logits
+    from amulet_lab.images import to_uint8_batch
+    from amulet_lab.model.train import TrainConfig, fit, predict_logits
 
     if not isinstance(k, int) or k < 2:
         raise ValidationError("k must be an int >= 2", field="k", value=k)
@@ -162,7 +164,7 @@ def cross_validate(
         res = fit([s.path for s in fit_part], [s.label for s in fit_part], [s.path for s in val_part],
                   [s.label for s in val_part], num_classes, fold_cfg, progress=progress)
         spec = PreprocessSpec(fold_cfg.img_size)
-        x = _normalise(load_uint8([s.path for s in test_part], spec.size).float() / 255.0, spec)
+        x = spec.normalise(to_uint8_batch([s.path for s in test_part], spec.size).float() / 255.0)
         probs = torch.softmax(predict_logits(res.model, x) / res.temperature, 1)
         m = metrics(probs, [s.label for s in test_part], keys)
         m["train_seconds"] = res.seconds

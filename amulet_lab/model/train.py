@@ -28,11 +28,11 @@ import torch
 import torch.nn.functional as F
 
 from amulet_lab.errors import ValidationError
-from amulet_lab.images import PreprocessSpec, decode, resize_square
+from amulet_lab.images import PreprocessSpec, to_uint8_batch
 from amulet_lab.model.arch import AmuletNet, build_model
 from amulet_lab.model.unknown import UnknownRule, make_probes
 
-__all__ = ["TrainConfig", "TrainResult", "train", "fit", "load_uint8", "augment", "fit_temperature", "predict_logits"]
+__all__ = ["TrainConfig", "TrainResult", "train", "fit", "augment", "fit_temperature", "predict_logits"]
 
 log = logging.getLogger("amulet_lab.model")
 
@@ -91,21 +91,6 @@ class TrainResult:
     config: TrainConfig
 
 
-def load_uint8(paths: Sequence[Any], size: int) -> torch.Tensor:
-    """Decode images (paths, bytes, PIL, arrays) to one (N, 3, size, size) uint8 tensor."""
-    out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
-    for i, p in enumerate(paths):
-        img = resize_square(decode(p, target_size=size), size)
-        out[i] = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
-    return out
-
-
-def _normalise(x: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
-    mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
 def augment(batch: torch.Tensor, spec: PreprocessSpec, gen: torch.Generator, *, strength: float = 1.0) -> torch.Tensor:
     """Random views of a uint8 batch -> normalised float batch at ``spec.size``."""
     n = batch.shape[0]
@@ -148,7 +133,7 @@ def augment(batch: torch.Tensor, spec: PreprocessSpec, gen: torch.Generator, *, 
         x = torch.where(swap.view(n, 1, 1, 1) & (mask < 0.5), bg, x)
     noisy = (torch.rand(n, generator=gen) < 0.3 * s).float().view(n, 1, 1, 1)
     x = x + noisy * 0.03 * torch.randn(x.shape, generator=gen)
-    return _normalise(x.clamp(0, 1), spec)
+    return spec.normalise(x.clamp(0, 1))
 
 
 def _hue_rotate(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
@@ -326,15 +311,15 @@ def _fit(
     gen = torch.Generator().manual_seed(cfg.seed)
     spec = PreprocessSpec(cfg.img_size)
     load_size = cfg.img_size
-    raw = load_uint8(train_images, load_size)
-    xv = _normalise(load_uint8(val_images, cfg.img_size).float() / 255.0, spec) if len(val_images) else torch.empty(0, 3, cfg.img_size, cfg.img_size)
+    raw = to_uint8_batch(train_images, load_size)
+    xv = spec.normalise(to_uint8_batch(val_images, cfg.img_size).float() / 255.0) if len(val_images) else torch.empty(0, 3, cfg.img_size, cfg.img_size)
     probe_raw = torch.from_numpy(make_probes(max(24, 6 * cfg.probes_per_batch), load_size, cfg.seed + 1)).permute(0, 3, 1, 2).contiguous()
     model = build_model(cfg.arch, num_classes, dropout=cfg.dropout, feature_weight=cfg.feature_weight, mean=spec.mean, std=spec.std)
 
     if model.head is not None:
-        views = [_normalise(raw.float() / 255.0, spec), _normalise(raw.flip(3).float() / 255.0, spec)]
+        views = [spec.normalise(raw.float() / 255.0), spec.normalise(raw.flip(3).float() / 255.0)]
         views += [augment(raw, spec, gen, strength=0.6) for _ in range(max(0, cfg.feature_views - 2))]
-        probes = _normalise(probe_raw.float() / 255.0, spec)
+        probes = spec.normalise(probe_raw.float() / 255.0)
         _fit_feature_head(model, torch.cat(views), y.repeat(len(views)), probes, cfg)
 
     history: list[dict[str, float]] = []
@@ -406,12 +391,12 @@ def _fit(
         known = known[correct]
         known_distance = None if dv is None else dv[correct]
     probe_eval = torch.from_numpy(make_probes(36, cfg.img_size, cfg.seed + 2)).permute(0, 3, 1, 2)
-    lp, dp = predict_outputs(model, _normalise(probe_eval.float() / 255.0, spec))
+    lp, dp = predict_outputs(model, spec.normalise(probe_eval.float() / 255.0))
     pp = torch.softmax(lp / temperature, 1)
     if known.shape[0] < 5:
         # Without enough held-out amulets, the training images (un-augmented) stand in: optimistic, so the
         # rule's bounds in UnknownRule.fit keep it sane.
-        lt, known_distance = predict_outputs(model, _normalise(raw.float() / 255.0, spec))
+        lt, known_distance = predict_outputs(model, spec.normalise(raw.float() / 255.0))
         known = torch.softmax(lt / temperature, 1)
     rule, stats = UnknownRule.fit(known, pp, known_distance=known_distance, probe_distance=dp)
     return TrainResult(
@@ -455,7 +440,7 @@ def train(
     )
     val_metrics: dict[str, Any] = {}
     if val_samples:
-        x = _normalise(load_uint8([s.path for s in val_samples], result.spec.size).float() / 255.0, result.spec)
+        x = result.spec.normalise(to_uint8_batch([s.path for s in val_samples], result.spec.size).float() / 255.0)
         probs = torch.softmax(predict_logits(result.model, x) / result.temperature, 1)
         full = metrics(probs, [s.label for s in val_samples], keys)
         val_metrics = {k: full[k] for k in ("n", "accuracy", "macro_f1", "top2_accuracy", "ece", "nll")}
