@@ -171,8 +171,9 @@ def test_distinct_images_have_distinct_bytes(images):
 
 def test_memory_scenario_measures_each_stage():
     import numpy as np
+    from memory_helpers import resident_block
 
-    stages = [("alloc", lambda _: np.ones(8_000_000)), ("sum", lambda a: float(a.sum()))]
+    stages = [("alloc", lambda _: resident_block(64 * 2**20)), ("sum", lambda a: float(np.frombuffer(a, np.uint8).sum()))]
     result = sc.memory_scenario(stages, params={"what": "test"})
     m = result.metrics
     assert m["increment_mb_alloc"] > 40  # 64 MB array

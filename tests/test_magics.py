@@ -28,7 +28,8 @@ def test_profile_reports_wall_time_peak_rss_and_cache_hit_rate(shell):
     cell = (
         "%%amulet_profile load step\n"
         "import time\n"
-        "block = bytearray(b'\\x01') * (80 * 2**20)\n"
+        "from memory_helpers import resident_block\n"
+        "block = resident_block(80 * 2**20)\n"
         "from amulet_lab.cache import get_image_cache\n"
         "hits = [get_image_cache().get_image(_key) is not None for _ in range(5)]\n"
         "get_image_cache().get_image('no-such-key')\n"

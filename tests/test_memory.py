@@ -11,6 +11,7 @@ import time
 import types
 
 import pytest
+from memory_helpers import resident_block
 
 from amulet_lab.errors import MemoryBudgetExceeded, SecurityError, ValidationError
 from amulet_lab.memory import (
@@ -380,7 +381,7 @@ def test_process_large_image_of_a_6000x4000_jpeg_has_bounded_peak_memory(tmp_pat
 
 
 def _hold_300_mb_and_keep_running_python():
-    block = bytearray(b"\x01") * (300 * MB)  # written, so resident (a bare bytearray(n) would not be)
+    block = resident_block(300 * MB)
     for _ in range(300):  # bytecode runs (several 10 ms samples long), so the asynchronous exception can land
         time.sleep(0.001)
     return block
@@ -432,7 +433,7 @@ def test_memory_efficient_operation_records_into_the_performance_monitor():
 
     @memory_efficient_operation("tests.memory.alloc")
     def alloc():
-        block = np.ones(60 * MB, dtype=np.uint8)
+        block = resident_block(60 * MB)
         time.sleep(0.3)  # long enough for the 10 ms sampler on a busy machine
         return int(block[0])
 
