@@ -272,17 +272,31 @@ def _read_dotenv(path: Path) -> dict[str, str]:
 
 def load_settings(environ: Mapping[str, str] | None = None, *, dotenv: str | Path | None = ".env") -> Settings:
     """Read ``AMULET_*`` variables from ``environ`` (default ``os.environ``) over an optional ``.env`` file."""
+    if environ is not None and not isinstance(environ, Mapping):
+        raise ValidationError(f"environ must be a mapping of names to strings, got {type(environ).__name__}",
+                              field="environ", value=type(environ).__name__, code="E_CONFIG")
+    if dotenv is not None and not isinstance(dotenv, (str, os.PathLike)):
+        raise ValidationError(f"dotenv must be a path or None, got {dotenv!r}", field="dotenv", value=repr(dotenv),
+                              code="E_CONFIG")
     env = dict(os.environ if environ is None else environ)
     merged: dict[str, str] = {}
     if dotenv is not None and Path(dotenv).is_file():
-        merged.update({k: v for k, v in _read_dotenv(Path(dotenv)).items() if k.startswith(PREFIX)})
-    merged.update({k: v for k, v in env.items() if k.startswith(PREFIX)})
+        try:
+            found = _read_dotenv(Path(dotenv))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValidationError(f"cannot read {dotenv}: {exc}", field=str(dotenv), value=str(dotenv),
+                                  code="E_CONFIG") from exc
+        merged.update({k: v for k, v in found.items() if k.startswith(PREFIX)})
+    merged.update({k: v for k, v in env.items() if isinstance(k, str) and k.startswith(PREFIX)})
     known = {var.env: var for var in VARIABLES}
     values: dict[str, Any] = {}
     for name, raw in merged.items():
         var = known.get(name)
         if var is None:
             continue  # unknown AMULET_* names are tolerated (other tools may share the prefix)
+        if not isinstance(raw, str):
+            raise ValidationError(f"{name}={raw!r} is invalid: environment values are strings (write {str(raw)!r}).",
+                                  field=name, value=raw)
         values[var.field] = _parse(var, raw)
     return Settings(**values)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -20,26 +20,41 @@ __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_writer", "atomic_a
            "existing_file"]
 
 
-def _target_mode(target: Path) -> int:
-    """The mode the written file should have: the old file's, else 0o666 less the umask (like ``open``)."""
-    try:
-        return target.stat().st_mode & 0o7777
-    except FileNotFoundError:
-        umask = os.umask(0)  # reading the umask means setting it; put it straight back
-        os.umask(umask)
-        return 0o666 & ~umask
+def _as_path(path: object, field: str = "path") -> Path:
+    """``path`` as a Path, or a ``ValidationError`` when it is neither a str nor a PathLike."""
+    if not isinstance(path, (str, os.PathLike)) or str(path) == "":
+        raise ValidationError(f"expected a file path, got {path!r}", field=field, value=repr(path))
+    return Path(path)
+
+
+def _create_temp(target: Path) -> tuple[int, str]:
+    """Create a new, empty temp file beside ``target`` with mode 0o666 less the umask (as ``open`` does).
+
+    Not ``tempfile.mkstemp``: its 0600 file would need the umask to widen it, and reading the umask means
+    setting it process-wide for a moment, which races with other threads creating files.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), str(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temp name beside {target}")  # pragma: no cover - 100 collisions of 48 bits
 
 
 @contextlib.contextmanager
 def atomic_writer(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     """Open a temp file beside ``path``; on clean exit it replaces ``path`` atomically, on error it is removed."""
-    target = Path(path)
+    target = _as_path(path)
+    if mode not in ("w", "wt", "wb"):
+        raise ValidationError(f"atomic_writer mode must be 'w', 'wt' or 'wb', got {mode!r}", field="mode", value=mode)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = _create_temp(target)
     try:
-        # mkstemp makes the file private (0600) and os.replace keeps that; give it a normal file's mode.
-        os.fchmod(fd, _target_mode(target))
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
+            with contextlib.suppress(FileNotFoundError):
+                os.fchmod(fd, target.stat().st_mode & 0o7777)  # replacing a file keeps its mode
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
@@ -52,6 +67,9 @@ def atomic_writer(path: str | Path, mode: str = "wb") -> Iterator[IO]:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically; returns the path."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ValidationError(f"atomic_write_bytes needs bytes, got {type(data).__name__}", field="data",
+                              value=type(data).__name__)
     with atomic_writer(path, "wb") as handle:
         handle.write(data)
     return Path(path)
@@ -59,6 +77,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
+    if not isinstance(text, str):
+        raise ValidationError(f"atomic_write_text needs a str, got {type(text).__name__}", field="text",
+                              value=type(text).__name__)
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
@@ -76,7 +97,13 @@ def atomic_append_lines(path: str | Path, lines: list[str]) -> Path:
     """
     import fcntl
 
-    target = Path(path)
+    target = _as_path(path)
+    if isinstance(lines, (str, bytes)) or not isinstance(lines, (list, tuple)) or not all(
+        isinstance(line, str) for line in lines
+    ):
+        # A bare str would otherwise be appended one character per line.
+        raise ValidationError("atomic_append_lines needs a list of str lines", field="lines",
+                              value=type(lines).__name__)
     target.parent.mkdir(parents=True, exist_ok=True)
     payload = b"".join(line.rstrip("\n").encode("utf-8") + b"\n" for line in lines)
     with open(target.with_name(f".{target.name}.lock"), "a+b") as lock:
@@ -111,6 +138,10 @@ def hash_stream(
     ample for content keys. Files are read into one reused buffer, never whole.
     """
     if algo == "blake2b":
+        if digest_size is not None and (isinstance(digest_size, bool) or not isinstance(digest_size, int)
+                                        or not 1 <= digest_size <= 64):
+            raise ValidationError("blake2b digest_size must be an int in 1..64", field="digest_size",
+                                  value=digest_size)
         digest = hashlib.blake2b(digest_size=digest_size or 64)
     elif algo in hashlib.algorithms_available:
         digest = hashlib.new(algo)
@@ -119,7 +150,7 @@ def hash_stream(
     if isinstance(source, (bytes, bytearray, memoryview)):
         digest.update(source)
         return digest.hexdigest()
-    if chunk_size < 1:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValidationError("chunk_size must be >= 1", field="chunk_size", value=chunk_size)
     buffer = bytearray(chunk_size)
     view = memoryview(buffer)

@@ -135,3 +135,34 @@ def test_replace_validates_again():
         Settings().replace(cache_max_size=-5)
     assert info.value.field == "AMULET_CACHE_MAX_SIZE"
     assert Settings().replace(thread_pool_size=2).thread_pool_size == 2
+
+
+def test_readme_table_rows_match_defaults_and_meanings():
+    """Each README row `| `AMULET_X` | default | meaning |` says what VARIABLES says."""
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    rows = {
+        m.group(1): (m.group(2).strip(), m.group(3).strip())
+        for m in re.finditer(r"^\| `(AMULET_\w+)` \| ([^|]*) \| (.*) \|$", readme, re.M)
+    }
+    assert set(rows) == {v.env for v in VARIABLES}, "README's settings table and config.VARIABLES name different variables"
+    for var in VARIABLES:
+        default = var.default
+        shown = "(empty)" if default is None else ("true" if default is True else "false" if default is False else str(default))
+        assert rows[var.env] == (shown, var.doc), f"README row of {var.env} differs from config.VARIABLES"
+
+
+def test_load_settings_checks_its_arguments(tmp_path):
+    with pytest.raises(ValidationError) as info:
+        load_settings([("AMULET_DEBUG", "true")], dotenv=None)
+    assert info.value.field == "environ"
+    with pytest.raises(ValidationError) as info:
+        load_settings({"AMULET_THREAD_POOL_SIZE": 2}, dotenv=None)  # a notebook passing a number
+    assert info.value.field == "AMULET_THREAD_POOL_SIZE" and "2" in str(info.value)
+    with pytest.raises(ValidationError):
+        load_settings({}, dotenv=3)
+    bad = tmp_path / ".env"
+    bad.write_bytes(b"AMULET_JWT_ISSUER=\xff\xfe\n")
+    with pytest.raises(ValidationError) as info:
+        load_settings({}, dotenv=bad)
+    assert info.value.code == "E_CONFIG" and str(bad) in str(info.value)
+    assert load_settings({"AMULET_THREAD_POOL_SIZE": "2", 5: "ignored"}, dotenv=None).thread_pool_size == 2

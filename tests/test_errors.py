@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 import threading
+import time
 
 import pytest
 
@@ -329,3 +331,143 @@ def test_late_outcome_of_an_old_call_cannot_close_a_half_open_circuit():
     assert breaker.state == "half_open"  # it must not close the circuit for the probe
     breaker._after(None, probe_epoch)
     assert breaker.state == "closed"
+
+
+# ---- audit additions: argument checks, sync decorators, timestamps, durations ----------
+def test_sync_retry_keeps_name_doc_and_tries_network_errors_max_retries_plus_one():
+    calls = {"n": 0}
+
+    @retry_on_failure(max_retries=2)
+    def fetch():
+        """Fetch synchronously."""
+        calls["n"] += 1
+        raise NetworkError("down")
+
+    with pytest.raises(NetworkError) as info:
+        fetch()
+    assert calls["n"] == 3 and info.value.attempts == 3
+    assert fetch.__name__ == "fetch" and fetch.__doc__ == "Fetch synchronously."
+    assert fetch.__wrapped__ is not None
+
+
+def test_retry_on_a_builtin_base_does_not_retry_a_validation_error():
+    fn, calls = make_flaky(lambda: ValidationError("bad input"), failures=10)
+    with pytest.raises(ValidationError):
+        retry_on_failure(max_retries=3, retry_on=ValueError)(fn)()
+    assert calls["n"] == 1  # ValidationError is a ValueError, but the caller's mistake never heals
+    fn2, calls2 = make_flaky(lambda: ValueError("flaky parser"), failures=1)
+    assert retry_on_failure(max_retries=3, retry_on=ValueError)(fn2)() == "ok" and calls2["n"] == 2
+    fn3, calls3 = make_flaky(lambda: ProcessingError("busy"), failures=1)
+    assert retry_on_failure(max_retries=3, retry_on=ProcessingError)(fn3)() == "ok" and calls3["n"] == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"max_retries": "3"}, {"max_retries": 2.5}, {"delay": float("nan")}, {"max_delay": float("inf")},
+     {"retry_on": "KeyError"}, {"retry_on": (KeyError, 3)}],
+)
+def test_retry_arguments_of_the_wrong_type_are_refused(kwargs):
+    with pytest.raises(ValidationError):
+        retry_on_failure(**kwargs)
+
+
+def test_retry_refuses_to_decorate_a_non_callable_and_bare_use():
+    with pytest.raises(ValidationError):
+        retry_on_failure()(42)
+    with pytest.raises(ValidationError):
+
+        @retry_on_failure  # forgot the parentheses: max_retries would be the function
+        def f():
+            return 1
+
+
+def test_breaker_decorates_sync_functions_and_stats_count_everything():
+    clock = Clock()
+    breaker = CircuitBreaker(failure_threshold=2, timeout=5, timer=clock, name="sync")
+
+    @breaker
+    def remote(fail_it: bool):
+        """Call the remote."""
+        if fail_it:
+            raise ConnectionError("refused")
+        return "pong"
+
+    assert remote.__name__ == "remote" and remote.__doc__ == "Call the remote."
+    assert remote(False) == "pong"
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            remote(True)
+    with pytest.raises(CircuitOpenError) as info:
+        remote(False)
+    assert "next try in" in str(info.value) and info.value.code == "E_CIRCUIT_OPEN"
+    stats = breaker.stats()
+    assert (stats["state"], stats["calls"], stats["successes"], stats["failures"], stats["rejected"]) == (
+        "open", 4, 1, 2, 1)
+    (change,) = stats["transitions"]
+    assert change["from"] == "closed" and change["to"] == "open" and isinstance(change["at"], float)
+    assert abs(change["at"] - time.time()) < 60 and "consecutive" in change["reason"]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"failure_threshold": 0}, {"failure_threshold": "5"}, {"timeout": -1}, {"timeout": float("nan")},
+     {"half_open_probes": 0}, {"failure_rate": 0}, {"failure_rate": 1.5},
+     {"failure_rate": 0.5, "window": 5, "min_calls": 10},  # the rate rule could never fire
+     {"count": "NetworkError"}, {"exclude": (ValidationError, 1)}, {"timer": 5}],
+)
+def test_breaker_arguments_are_checked(kwargs):
+    with pytest.raises(ValidationError):
+        CircuitBreaker(**kwargs)
+
+
+def test_breaker_refuses_to_decorate_a_non_callable():
+    with pytest.raises(ValidationError):
+        CircuitBreaker()(42)
+
+
+def test_eight_threads_through_opening_and_closing_keep_counts_and_transitions_consistent():
+    breaker = CircuitBreaker(failure_threshold=3, timeout=0.0, half_open_probes=2, max_transitions=10**6)
+    per_thread = 1500
+
+    def work(i):
+        for n in range(per_thread):
+            try:
+                breaker.call(fail if (n // 5 + i) % 2 == 0 else ok)  # runs of 5 failures, then 5 successes
+            except (NetworkError, CircuitOpenError):
+                pass
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, so a missing lock shows up as a broken chain
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    stats = breaker.stats()
+    assert stats["calls"] == 8 * per_thread
+    assert stats["successes"] + stats["failures"] + stats["rejected"] + stats["ignored"] == stats["calls"]
+    changes = stats["transitions"]
+    assert changes, "the breaker never opened"
+    assert changes[0]["from"] == "closed"
+    for before, after in zip(changes, changes[1:]):
+        assert before["to"] == after["from"] and before["at"] <= after["at"]
+    assert stats["state"] in ("closed", "open", "half_open")
+
+
+def test_error_context_logs_duration_and_sync_context_once(caplog):
+    caplog.set_level(logging.ERROR, logger="amulet_lab")
+    with pytest.raises(KeyError):
+        with error_context("lookup", key="k"):
+            raise KeyError("k")
+    (record,) = [r for r in caplog.records if r.name == "amulet_lab.errors"]
+    assert record.operation == "lookup" and record.context == {"key": "k"} and record.duration_s >= 0
+    assert record.code == "KeyError" and "lookup failed after" in record.getMessage()
+
+
+@pytest.mark.parametrize("operation", [None, "", "  ", 3])
+def test_error_context_needs_an_operation_name(operation):
+    with pytest.raises(ValidationError):
+        error_context(operation)

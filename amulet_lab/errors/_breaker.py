@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -29,6 +30,15 @@ log = logging.getLogger("amulet_lab.errors")
 F = TypeVar("F", bound=Callable[..., Any])
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+
+def _kinds(kinds: Any, field: str) -> tuple[type[BaseException], ...]:
+    """``kinds`` (one exception class or a tuple of them) as a tuple, or a ``ValidationError``."""
+    out = tuple(kinds) if isinstance(kinds, (tuple, list)) else (kinds,)
+    if not all(isinstance(k, type) and issubclass(k, BaseException) for k in out):
+        raise ValidationError(f"{field} must be an exception class or a tuple of them, got {kinds!r}",
+                              field=field, value=repr(kinds))
+    return out
 
 
 class CircuitBreaker:
@@ -49,15 +59,32 @@ class CircuitBreaker:
         timer: Callable[[], float] = time.monotonic,
         max_transitions: int = 100,
     ) -> None:
-        if failure_threshold < 1 or timeout < 0 or half_open_probes < 1 or window < 1 or min_calls < 1:
+        counts = (failure_threshold, half_open_probes, window, min_calls)
+        if (
+            any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in counts)
+            or isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+            or not math.isfinite(timeout) or timeout < 0
+        ):
             raise ValidationError(
-                "CircuitBreaker needs failure_threshold >= 1, timeout >= 0, half_open_probes >= 1, window >= 1, "
-                "min_calls >= 1.",
+                "CircuitBreaker needs int failure_threshold, half_open_probes, window, min_calls >= 1 and a finite "
+                f"timeout >= 0 (got {failure_threshold!r}, {half_open_probes!r}, {window!r}, {min_calls!r}, "
+                f"{timeout!r}).",
                 field="CircuitBreaker",
                 value=(failure_threshold, timeout, half_open_probes, window, min_calls),
             )
-        if failure_rate is not None and not 0 < failure_rate <= 1:
-            raise ValidationError("failure_rate must be in (0, 1].", field="failure_rate", value=failure_rate)
+        if failure_rate is not None:
+            if isinstance(failure_rate, bool) or not isinstance(failure_rate, (int, float)) or not 0 < failure_rate <= 1:
+                raise ValidationError("failure_rate must be in (0, 1].", field="failure_rate", value=failure_rate)
+            if min_calls > window:
+                # The window holds at most ``window`` outcomes, so the rate rule could never fire.
+                raise ValidationError(
+                    f"min_calls ({min_calls}) must not exceed window ({window}), or the rate rule never fires.",
+                    field="min_calls",
+                    value=min_calls,
+                )
+        count, exclude = _kinds(count, "count"), _kinds(exclude, "exclude")
+        if not callable(timer):
+            raise ValidationError("timer must be a callable returning seconds", field="timer", value=repr(timer))
         self.name = name
         self.failure_threshold = failure_threshold
         self.timeout = timeout
@@ -198,6 +225,9 @@ class CircuitBreaker:
 
     def __call__(self, fn: F) -> F:
         """Use the breaker as a decorator on a sync or async function."""
+        if not callable(fn):
+            raise ValidationError(f"a CircuitBreaker decorates a callable, got {type(fn).__name__}", field="fn",
+                                  value=repr(fn))
         if inspect.iscoroutinefunction(fn):
 
             @functools.wraps(fn)

@@ -8,7 +8,7 @@ import time
 from types import TracebackType
 from typing import Any
 
-from amulet_lab.errors._exceptions import AmuletError
+from amulet_lab.errors._exceptions import AmuletError, ValidationError
 
 __all__ = ["error_context"]
 
@@ -21,6 +21,9 @@ class error_context:  # noqa: N801 - the design's public name, used like a funct
     """Context manager (sync and async) that logs a failure once with operation and context, then re-raises."""
 
     def __init__(self, operation: str, **context: Any) -> None:
+        if not isinstance(operation, str) or not operation.strip():
+            raise ValidationError(f"error_context needs an operation name, got {operation!r}", field="operation",
+                                  value=repr(operation))
         self.operation = operation
         self.context = context
         # Per thread / per task start times, so one instance shared by concurrent callers keeps durations apart.

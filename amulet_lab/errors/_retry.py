@@ -13,13 +13,14 @@ import asyncio
 import functools
 import inspect
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from amulet_lab.errors._exceptions import AmuletError, NetworkError
+from amulet_lab.errors._exceptions import AmuletError, NetworkError, ValidationError
 
 __all__ = ["RetryPolicy", "retry_on_failure", "set_testing", "is_testing"]
 
@@ -57,23 +58,37 @@ class RetryPolicy:
     rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        from amulet_lab.errors._exceptions import ValidationError
-
-        if self.max_retries < 0 or self.delay < 0 or self.backoff < 1 or self.max_delay < 0:
+        numbers = (self.delay, self.backoff, self.max_delay)
+        if (
+            isinstance(self.max_retries, bool)
+            or not isinstance(self.max_retries, int)
+            or any(isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) for x in numbers)
+            or self.max_retries < 0 or self.delay < 0 or self.backoff < 1 or self.max_delay < 0
+        ):
             raise ValidationError(
-                "retry_on_failure needs max_retries >= 0, delay >= 0, backoff >= 1, max_delay >= 0 "
-                f"(got {self.max_retries}, {self.delay}, {self.backoff}, {self.max_delay}).",
+                "retry_on_failure needs an int max_retries >= 0 and finite delay >= 0, backoff >= 1, max_delay >= 0 "
+                f"(got {self.max_retries!r}, {self.delay!r}, {self.backoff!r}, {self.max_delay!r}).",
                 field="retry_on_failure",
                 value=(self.max_retries, self.delay, self.backoff, self.max_delay),
+            )
+        if not isinstance(self.retry_on, tuple) or not all(
+            isinstance(k, type) and issubclass(k, BaseException) for k in self.retry_on
+        ):
+            raise ValidationError(
+                f"retry_on must be an exception class or a tuple of them, got {self.retry_on!r}",
+                field="retry_on",
+                value=repr(self.retry_on),
             )
 
     def is_transient(self, exc: BaseException) -> bool:
         """Whether ``exc`` is worth another attempt."""
-        if self.retry_on and isinstance(exc, self.retry_on):
-            return True
         if isinstance(exc, AmuletError):
-            return exc.retryable
-        return isinstance(exc, TRANSIENT)
+            # Its own ``retryable`` decides; ``retry_on`` overrides it only by naming an amulet_lab class, so
+            # ``retry_on=ValueError`` does not retry a ValidationError (the caller's mistake never heals).
+            return exc.retryable or any(
+                issubclass(kind, AmuletError) and isinstance(exc, kind) for kind in self.retry_on
+            )
+        return isinstance(exc, TRANSIENT) or (bool(self.retry_on) and isinstance(exc, self.retry_on))
 
     def wait(self, attempt: int) -> float:
         """Seconds to wait after failed attempt ``attempt`` (1-based): capped exponential, equal jitter."""
@@ -150,13 +165,17 @@ def retry_on_failure(
     """Retry transient failures (network, timeouts, retryable AmuletErrors) with backoff; sync or async."""
     if retry_on is None:
         extra: tuple[type[BaseException], ...] = ()
-    elif isinstance(retry_on, tuple):
-        extra = retry_on
+    elif isinstance(retry_on, (tuple, list)):
+        extra = tuple(retry_on)
     else:
         extra = (retry_on,)
     policy = RetryPolicy(max_retries, delay, backoff, max_delay, jitter, extra)
 
     def decorate(fn: F) -> F:
+        if not callable(fn):
+            raise ValidationError(
+                f"retry_on_failure(...) decorates a callable, got {type(fn).__name__}", field="fn", value=repr(fn)
+            )
         name = _name(fn)
         if inspect.iscoroutinefunction(fn):
 
