@@ -157,12 +157,16 @@ class TTLCache:
     # ---- the mapping -------------------------------------------------------------------
     def get(self, key: Hashable, default: Any = None) -> Any:
         """The value of ``key`` if present and not expired, else ``default``."""
-        with self._lock:
-            value = self._hit_locked(key)
-            if value is _MISSING:
-                self._misses += 1
-                return default
-            return value
+        try:
+            with self._lock:
+                value = self._hit_locked(key)
+                if value is _MISSING:
+                    self._misses += 1
+                    return default
+                return value
+        except TypeError as exc:
+            _raise_if_unhashable(key, exc)
+            raise
 
     def _hit_locked(self, key: Hashable) -> Any:
         """With the lock held: the live value of ``key`` (counted as a hit, moved to the LRU end), else
@@ -186,15 +190,19 @@ class TTLCache:
                 field="getsizeof", value=size, code="E_CACHE_SIZEOF",
             )
         ttl = self.default_ttl if ttl is None else _check_ttl(ttl, "ttl")
-        with self._lock:
-            # Checked under the lock: a concurrent resize() may have lowered the bound since sizing.
-            max_bytes = self._max_bytes
-            if size > max_bytes:
-                self._refused += 1
-            else:
-                now = self._timer()
-                self._store(key, value, size, now + ttl, now)
-                return
+        try:
+            with self._lock:
+                # Checked under the lock: a concurrent resize() may have lowered the bound since sizing.
+                max_bytes = self._max_bytes
+                if size > max_bytes:
+                    self._refused += 1
+                else:
+                    now = self._timer()
+                    self._store(key, value, size, now + ttl, now)  # an unhashable key fails before any change
+                    return
+        except TypeError as exc:
+            _raise_if_unhashable(key, exc)
+            raise
         raise ValidationError(
             f"a {type(value).__name__} of {size} bytes is larger than the whole cache ({max_bytes} bytes); "
             "raise max_bytes or do not cache it",
@@ -218,17 +226,25 @@ class TTLCache:
 
     def delete(self, key: Hashable) -> bool:
         """Remove ``key``; whether it was present (expired entries count as absent)."""
-        with self._lock:
-            entry = self._data.pop(key, None)
-            if entry is None:
-                return False
-            self._bytes -= entry[1]
-            return entry[2] > self._timer()
+        try:
+            with self._lock:
+                entry = self._data.pop(key, None)
+                if entry is None:
+                    return False
+                self._bytes -= entry[1]
+                return entry[2] > self._timer()
+        except TypeError as exc:
+            _raise_if_unhashable(key, exc)
+            raise
 
     def __contains__(self, key: Hashable) -> bool:
-        with self._lock:
-            entry = self._data.get(key)
-            return entry is not None and entry[2] > self._timer()
+        try:
+            with self._lock:
+                entry = self._data.get(key)
+                return entry is not None and entry[2] > self._timer()
+        except TypeError as exc:
+            _raise_if_unhashable(key, exc)
+            raise
 
     def __len__(self) -> int:
         """Live entries (expired ones are purged first; each is purged once, so this stays cheap)."""
@@ -302,17 +318,21 @@ class TTLCache:
     # ---- compute once ------------------------------------------------------------------
     def _claim(self, key: Hashable) -> tuple[Any, concurrent.futures.Future[Any] | None, bool]:
         """Under the lock: (value, None, False) on a hit, else (None, flight, leader?)."""
-        with self._lock:
-            value = self._hit_locked(key)
-            if value is not _MISSING:
-                return value, None, False
-            flight = self._flights.get(key)
-            if flight is not None:
-                return None, flight, False  # a waiter: counted by _count_waiter once the leader is done
-            self._misses += 1
-            flight = concurrent.futures.Future()
-            self._flights[key] = flight
-            return None, flight, True
+        try:
+            with self._lock:
+                value = self._hit_locked(key)
+                if value is not _MISSING:
+                    return value, None, False
+                flight = self._flights.get(key)
+                if flight is not None:
+                    return None, flight, False  # a waiter: counted by _count_waiter once the leader is done
+                self._misses += 1
+                flight = concurrent.futures.Future()
+                self._flights[key] = flight
+                return None, flight, True
+        except TypeError as exc:
+            _raise_if_unhashable(key, exc)
+            raise
 
     def _count_waiter(self, flight: concurrent.futures.Future[Any]) -> None:
         """A waiter did not compute: a hit when the leader succeeded, a miss when it failed (it got no value)."""
@@ -343,6 +363,7 @@ class TTLCache:
 
     def get_or_compute(self, key: Hashable, fn: Callable[[], Any], ttl: float | None = None) -> Any:
         """The cached value of ``key``, or ``fn()`` computed once however many threads ask at the same time."""
+        _check_compute_args(fn, ttl, "fn")
         while True:
             value, flight, leader = self._claim(key)
             if flight is None:
@@ -366,6 +387,7 @@ class TTLCache:
         self, key: Hashable, coro_fn: Callable[[], Awaitable[Any]], ttl: float | None = None
     ) -> Any:
         """The cached value of ``key``, or ``await coro_fn()`` run once however many tasks (or threads) ask."""
+        _check_compute_args(coro_fn, ttl, "coro_fn")
         while True:
             value, flight, leader = self._claim(key)
             if flight is None:
@@ -426,6 +448,24 @@ async def _wait_flight(flight: concurrent.futures.Future[Any]) -> None:
 
     flight.add_done_callback(wake)
     await done
+
+
+def _raise_if_unhashable(key: Any, exc: TypeError) -> None:
+    """Turn the TypeError of an unhashable key into a coded ValidationError; other TypeErrors pass through."""
+    try:
+        hash(key)
+    except TypeError:
+        raise ValidationError(f"cache keys must be hashable, got a {type(key).__name__}", field="key",
+                              value=repr(key)[:100], code="E_CACHE_KEY") from exc
+
+
+def _check_compute_args(fn: Any, ttl: Any, name: str) -> None:
+    """Checked before anything is computed, so a bad ttl never costs a computation (nor fails its waiters)."""
+    if not callable(fn):
+        raise ValidationError(f"{name} must be callable, got a {type(fn).__name__}", field=name,
+                              value=type(fn).__name__, code="E_CACHE_FN")
+    if ttl is not None:
+        _check_ttl(ttl, "ttl")
 
 
 def _check_bound(value: Any, name: str) -> int | float:

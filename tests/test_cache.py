@@ -6,7 +6,6 @@ import asyncio
 import math
 import sys
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -241,15 +240,39 @@ def test_resize_and_shrink():
 
 
 # ---- concurrency ------------------------------------------------------------------------
+def _count_waiters(cache: TTLCache) -> tuple[list[int], threading.Condition]:
+    """Wrap ``cache._claim`` so the test knows how many callers joined a flight another one leads."""
+    waiting: list[int] = []
+    changed = threading.Condition()
+    claim = cache._claim
+
+    def spy(key):
+        outcome = claim(key)
+        if outcome[1] is not None and not outcome[2]:
+            with changed:
+                waiting.append(1)
+                changed.notify_all()
+        return outcome
+
+    cache._claim = spy
+    return waiting, changed
+
+
+def _wait_for(waiting: list[int], changed: threading.Condition, n: int) -> None:
+    with changed:
+        changed.wait_for(lambda: len(waiting) >= n, timeout=10)
+
+
 def test_64_threads_one_cold_key_compute_once():
     cache = TTLCache(10_000, None, 60)
+    waiting, changed = _count_waiters(cache)
     calls = []
     gate = threading.Barrier(64)
     release = threading.Event()
 
     def slow():
         calls.append(1)
-        release.wait(5)
+        release.wait(10)
         return "value"
 
     results = []
@@ -261,26 +284,26 @@ def test_64_threads_one_cold_key_compute_once():
     threads = [threading.Thread(target=worker) for _ in range(64)]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 5
-    while not calls and time.monotonic() < deadline:
-        time.sleep(0.001)
-    time.sleep(0.05)  # let the other 63 reach the flight while the leader is still computing
+    _wait_for(waiting, changed, 63)  # the other 63 are parked on the flight while the leader computes
     release.set()
     for t in threads:
-        t.join(5)
-    assert len(calls) == 1 and results == ["value"] * 64
+        t.join(10)
+    assert len(waiting) == 63 and len(calls) == 1 and results == ["value"] * 64
     s = cache.stats()
     assert s["misses"] == 1 and s["hits"] == 63
 
 
 def test_exception_reaches_every_waiter_and_is_not_cached():
     cache = TTLCache(10_000, None, 60)
+    waiting, changed = _count_waiters(cache)
     started = threading.Event()
     release = threading.Event()
+    calls = []
 
     def boom():
+        calls.append(1)
         started.set()
-        release.wait(5)
+        release.wait(10)
         raise RuntimeError("decode failed")
 
     errors = []
@@ -297,11 +320,12 @@ def test_exception_reaches_every_waiter_and_is_not_cached():
     waiters = [threading.Thread(target=worker) for _ in range(7)]
     for t in waiters:
         t.start()
-    time.sleep(0.05)
+    _wait_for(waiting, changed, 7)
     release.set()
     for t in [leader, *waiters]:
-        t.join(5)
-    assert errors == ["decode failed"] * 8
+        t.join(10)
+    # fn ran once: the 7 waiters got the leader's exception, none of them computed again
+    assert len(waiting) == 7 and len(calls) == 1 and errors == ["decode failed"] * 8
     s = cache.stats()
     assert (s["hits"], s["misses"]) == (0, 8)  # a waiter of a failed leader got no value: a miss, not a hit
     assert "k" not in cache
@@ -323,7 +347,10 @@ def test_aget_or_compute_runs_the_coroutine_once_across_tasks():
     results = asyncio.run(main())
     assert len(calls) == 1 and all(r == {"x": 1} for r in results)
 
+    failures = []
+
     async def fail():
+        failures.append(1)
         await asyncio.sleep(0.01)
         raise ValueError("nope")
 
@@ -331,7 +358,8 @@ def test_aget_or_compute_runs_the_coroutine_once_across_tasks():
         return await asyncio.gather(*(cache.aget_or_compute("bad", fail) for _ in range(5)), return_exceptions=True)
 
     outcomes = asyncio.run(main_fail())
-    assert all(isinstance(o, ValueError) for o in outcomes) and "bad" not in cache
+    assert len(outcomes) == 5 and all(isinstance(o, ValueError) for o in outcomes)
+    assert len(failures) == 1 and "bad" not in cache  # one run, its error reached all 5 tasks, nothing cached
 
 
 def test_cancelled_leader_lets_a_waiter_compute():
@@ -389,3 +417,35 @@ def test_get_or_compute_refuses_a_value_too_large_and_does_not_cache_it():
         cache.get_or_compute("k", lambda: b"x" * 11)
     assert err.value.code == "E_CACHE_VALUE_TOO_LARGE" and "k" not in cache
     assert cache.get_or_compute("k", lambda: b"ok") == b"ok" and cache.get("k") == b"ok"
+
+
+def test_bad_keys_and_compute_arguments_raise_coded_errors():
+    cache = TTLCache(10_000, None, 60)
+    for call in (lambda: cache.get(["list"]), lambda: cache.set({"a": 1}, b"x"), lambda: cache.delete([1]),
+                 lambda: ["k"] in cache, lambda: cache.get_or_compute(["k"], lambda: 1),
+                 lambda: asyncio.run(cache.aget_or_compute(["k"], _async_value))):
+        with pytest.raises(ValidationError) as err:
+            call()
+        assert err.value.code == "E_CACHE_KEY"
+    assert cache.stats()["bytes"] == 0 and len(cache) == 0
+    calls = []
+    with pytest.raises(ValidationError) as err:
+        cache.get_or_compute("k", lambda: calls.append(1) or 1, ttl=-5)
+    assert err.value.code == "E_CACHE_TTL" and calls == []  # refused before computing anything
+    with pytest.raises(ValidationError) as err:
+        cache.get_or_compute("k", "not callable")
+    assert err.value.code == "E_CACHE_FN"
+    with pytest.raises(ValidationError) as err:
+        asyncio.run(cache.aget_or_compute("k", _async_value, ttl=0))
+    assert err.value.code == "E_CACHE_TTL"
+
+    class BadHash:
+        def __hash__(self):
+            raise TypeError("broken __hash__")
+
+    with pytest.raises(ValidationError):  # an object whose hash fails is an unusable key too
+        cache.get(BadHash())
+
+
+async def _async_value():
+    return 1

@@ -25,6 +25,7 @@ class _State:
         self.fail_next = 0  # /flaky answers 503 this many times, then 200
         self.connections = 0
         self.hits: dict[str, int] = {}
+        self.release = threading.Event()  # /slow holds its answer until this is set (at the latest: teardown)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -46,6 +47,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        if self.path == "/slow":
+            self.state.release.wait(30)
+            self.close_connection = True  # the client gave up long ago: no answer to write
+            return
         with self.state.lock:
             self.state.hits[self.path] = self.state.hits.get(self.path, 0) + 1
             failing = self.path == "/down" or (self.path == "/flaky" and self.state.fail_next > 0)
@@ -78,6 +83,7 @@ def server():
     try:
         yield f"http://127.0.0.1:{httpd.server_address[1]}", state
     finally:
+        state.release.set()
         httpd.shutdown()
         httpd.server_close()
         thread.join(5)
@@ -106,6 +112,36 @@ def test_connections_are_reused_and_requests_recorded(server, settings):
     assert stats["max_connections"] == settings.connection_pool_size and stats["timeout"] == settings.http_timeout
     assert pool.stats()["state"] == "closed"
     assert mon.get_stats("http.get")["count"] == 10 and mon.get_stats("http.post")["count"] == 1
+
+
+@pytest.mark.parametrize("limit", [1, 3])
+def test_the_connection_limit_from_settings_is_enforced(server, settings, limit):
+    url, state = server
+
+    async def main():
+        async with HttpPool(url, settings=settings.replace(connection_pool_size=limit),
+                            monitor=PerformanceMonitor(), trust_env=False) as pool:
+            responses = await asyncio.gather(*(pool.get(f"/c/{i}") for i in range(8)))  # 8 at once
+            return [r.status_code for r in responses], pool.stats()
+
+    codes, stats = run(main())
+    assert codes == [200] * 8 and stats["max_connections"] == limit
+    assert stats["connections_opened"] == limit == state.connections  # never more than the limit, all of it used
+
+
+def test_a_slow_answer_times_out_as_a_network_error(server, settings):
+    url, state = server
+    mon = PerformanceMonitor()
+
+    async def main():
+        async with HttpPool(url, settings=settings.replace(http_timeout=0.2), monitor=mon, trust_env=False) as pool:
+            with pytest.raises(NetworkError) as err:
+                await pool.get("/slow")
+            return err.value, pool.stats()
+
+    err, stats = run(main())
+    assert err.code == "E_HTTP_TRANSPORT" and err.retryable and "ReadTimeout" in str(err)
+    assert stats["errors"] == 1 and mon.get_stats("http.get")["errors"] == 1
 
 
 def test_a_new_pool_per_request_opens_a_connection_each_time(server, settings):
@@ -221,9 +257,14 @@ def test_validation_and_closed_pool(server, settings):
     assert "closed" in run(main())
 
 
-def test_http_micro_benchmark_shape():
+def test_http_micro_benchmark_shape(monkeypatch):
     from amulet_lab.bench.micro import MicroResult, run_micro
 
+    # A proxy in the environment (nothing listens on port 9) must not carry the benchmark's loopback traffic.
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
     (result,) = run_micro(["http"], quick=True)
     assert isinstance(result, MicroResult) and result.name == "http"
     assert set(result.ratios) == {"pooled_vs_new_client_throughput", "pooled_vs_new_client_shared_ssl"}

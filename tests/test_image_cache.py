@@ -135,3 +135,18 @@ def test_module_instance_is_lazy_and_shared(settings):
             cache_module.no_such_thing  # noqa: B018
     finally:
         cache_module._reset_image_cache()
+
+
+def test_importing_builds_no_cache_and_reads_no_settings():
+    import json
+    import subprocess
+    import sys
+
+    code = """
+import json
+import amulet_lab.cache, amulet_lab.config, amulet_lab.perf
+print(json.dumps({"image_cache": amulet_lab.cache._image_cache is None,
+                  "settings": amulet_lab.config._cached is None}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"image_cache": True, "settings": True}

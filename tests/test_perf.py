@@ -167,20 +167,31 @@ def test_timed_operation_async_and_global_monitor():
         await asyncio.sleep(0)
         return i
 
-    shared = timed_operation("section", monitor=mon)
+    clock = Clock()
+    shared = timed_operation("section", monitor=PerformanceMonitor(timer=clock))
 
-    async def section(i: int) -> None:
+    async def section(i: int, go: asyncio.Event) -> None:
+        clock.now = 100.0 + i  # task i enters at 100 + i ...
         async with shared:  # one instance entered by many tasks at once
-            await asyncio.sleep(0.001 * (i % 3))
+            await go.wait()
+            clock.now = 1000.0 + 2 * i  # ... and leaves at 1000 + 2i, after every task has entered
 
     async def main():
         got = await asyncio.gather(*(fetch(i) for i in range(10)))
-        await asyncio.gather(*(section(i) for i in range(10)))
+        go = asyncio.Event()
+        tasks = [asyncio.ensure_future(section(i, go)) for i in range(10)]
+        await asyncio.sleep(0)  # every task runs up to go.wait()
+        go.set()
+        await asyncio.gather(*tasks)
         return got
 
     assert asyncio.run(main()) == list(range(10))
-    assert mon.get_stats("fetch")["count"] == 10 and mon.get_stats("section")["count"] == 10
-    assert mon.get_stats("section")["max_duration"] < 1.0
+    assert mon.get_stats("fetch")["count"] == 10
+    section_stats = shared.monitor.get_stats("section")
+    # each task is timed from its own start (900 + i), not from whichever task entered last
+    assert section_stats["count"] == 10
+    assert (section_stats["min_duration"], section_stats["max_duration"]) == (900.0, 909.0)
+    assert section_stats["total_duration"] == sum(900.0 + i for i in range(10))
 
     before = performance_monitor.get_stats("test_perf.global")["count"]
     with timed_operation("test_perf.global"):

@@ -83,18 +83,19 @@ def run(quick: bool = False) -> MicroResult:
     async def measure(url: str) -> tuple[list[float], list[float], list[float], dict[str, int]]:
         pooled_rates, fresh_rates, shared_ssl_rates = [], [], []
         ssl_context = ssl.create_default_context()
-        async with HttpPool(url, settings=Settings(), monitor=monitor) as pool:
+        # trust_env=False everywhere: a proxy set in the environment must never carry loopback traffic.
+        async with HttpPool(url, settings=Settings(), monitor=monitor, trust_env=False) as pool:
 
             async def pooled(i: int) -> None:
                 (await pool.get(f"/p/{i}")).raise_for_status()
 
             async def fresh(i: int) -> None:
-                async with httpx.AsyncClient(base_url=url) as client:
+                async with httpx.AsyncClient(base_url=url, trust_env=False) as client:
                     (await client.get(f"/f/{i}")).raise_for_status()
 
             async def fresh_shared_ssl(i: int) -> None:
                 # Where the gain comes from: a new client with a ready SSL context still pays a TCP connect.
-                async with httpx.AsyncClient(base_url=url, verify=ssl_context) as client:
+                async with httpx.AsyncClient(base_url=url, verify=ssl_context, trust_env=False) as client:
                     (await client.get(f"/s/{i}")).raise_for_status()
 
             for one in (pooled, fresh, fresh_shared_ssl):  # warm up: connections and code paths
