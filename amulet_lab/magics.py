@@ -1,4 +1,4 @@
-"""``%%amulet_profile``: a cell's wall time, peak RSS growth and the cell's own image-cache hit rate, as a table.
+"""``%%amulet_profile``: a cell's wall time, peak RSS growth, image-cache hit rate and its change, as a table.
 
 Load with ``%load_ext amulet_lab``. The report is displayed and also kept in ``_amulet_profile``.
 """
@@ -53,11 +53,20 @@ class ProfileReport:
             cache = "no lookups"
         else:
             cache = f"{self.cache_hit_rate:.1%} ({self.cache_hits} hits, {self.cache_misses} misses)"
+        change = self.cache_hit_rate_change
+        if self.cache_hit_rate_after is None:
+            lifetime = "n/a (no image cache)"
+        elif change is None:
+            lifetime = f"{self.cache_hit_rate_after:.1%} (cache created in the cell)"
+        else:
+            lifetime = (f"{self.cache_hit_rate_before:.1%} -> {self.cache_hit_rate_after:.1%} "
+                        f"({change * 100:+.1f} pts)")
         return [
             ("wall time", f"{self.wall_s:.3f} s"),
             ("peak RSS delta", f"{self.peak_rss_delta_mb:.1f} MB"),
             ("RSS delta at end", f"{self.rss_delta_mb:+.1f} MB"),
             ("image-cache hit rate", cache),
+            ("image-cache hit rate change", lifetime),
             ("cell", "ok" if self.succeeded else "raised"),
         ]
 
@@ -139,5 +148,6 @@ def register(ipython: Any) -> None:
     def magic(line: str, cell: str) -> None:
         amulet_profile(line, cell, shell=ipython)
 
-    magic.__doc__ = "%%amulet_profile [label]: wall time, peak RSS delta and the cell's image-cache hit rate."
+    magic.__doc__ = ("%%amulet_profile [label]: wall time, peak RSS delta, the cell's image-cache hit rate and "
+                     "the change of the cache's hit rate.")
     ipython.register_magic_function(magic, magic_kind="cell", magic_name="amulet_profile")

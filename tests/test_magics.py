@@ -45,6 +45,11 @@ def test_profile_reports_wall_time_peak_rss_and_cache_hit_rate(shell):
     # The cell's own lookups, not the cache's lifetime rate (which includes earlier cells).
     assert (report.cache_hits, report.cache_misses) == (5, 1) and report.cache_hit_rate == pytest.approx(5 / 6)
     assert "83.3% (5 hits, 1 misses)" in dict(report.rows())["image-cache hit rate"]
+    # and the change the cell made to the cache's lifetime hit rate
+    before, after = report.cache_hit_rate_before, report.cache_hit_rate_after
+    assert before is not None and after is not None and report.cache_hit_rate_change == pytest.approx(after - before)
+    assert dict(report.rows())["image-cache hit rate change"] == \
+        f"{before:.1%} -> {after:.1%} ({(after - before) * 100:+.1f} pts)"
     html = report._repr_html_()
     assert "<table>" in html and "peak RSS delta" in html and "wall time" in html
     frame = report.to_frame()
@@ -60,6 +65,13 @@ def test_profiling_never_creates_the_image_cache(shell):
         report = shell.user_ns["_amulet_profile"]
         assert report.cache_hits is None and report.cache_hit_rate is None
         assert dict(report.rows())["image-cache hit rate"].startswith("n/a")
+        assert report.cache_hit_rate_change is None
+        assert dict(report.rows())["image-cache hit rate change"].startswith("n/a")
+        result = shell.run_cell("%%amulet_profile\nfrom amulet_lab.cache import get_image_cache\n"
+                                "get_image_cache().get_image('no-such-key')\n")
+        report = shell.user_ns["_amulet_profile"]
+        assert result.success and report.cache_hit_rate_before is None and report.cache_misses == 1
+        assert dict(report.rows())["image-cache hit rate change"].endswith("(cache created in the cell)")
     finally:
         cache_module._reset_image_cache()
 

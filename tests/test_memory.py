@@ -258,6 +258,8 @@ def test_module_level_instances_are_lazy_and_shared():
     stats = memory.get_stats()
     assert {"current", "pressure_check", "events", "gc"} <= set(stats)
     assert isinstance(memory.gc_manager, GCManager) and isinstance(memory.streaming_handler, StreamingHandler)
+    # the image cache shrinks before gc runs, so what it dropped is collected and trimmed in the same response
+    assert [fn.__name__ for fn in memory.memory_monitor.responders] == ["image_cache_responder", "gc_responder"]
     with pytest.raises(AttributeError):
         memory.no_such_thing  # noqa: B018
 
@@ -305,6 +307,31 @@ def test_iter_chunks_hash_file_and_mapping(tmp_path, settings):
         handler.hash_file(path, "not-a-hash")
     with pytest.raises(ValidationError):
         handler.iter_chunks(12345)  # type: ignore[arg-type]
+
+
+class _ChunkRecorder(io.BytesIO):
+    """A file object that records how much each read asked for."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.asked: list[int] = []
+
+    def read(self, size=-1):
+        self.asked.append(-1 if size is None else size)
+        return super().read(size)
+
+    def readinto(self, buffer):
+        self.asked.append(len(buffer))
+        return super().readinto(buffer)
+
+
+def test_hash_file_streams_in_chunks_never_reading_the_whole_file(settings):
+    data = bytes(range(256)) * 400  # 102,400 bytes
+    handler = StreamingHandler(settings.replace(chunk_size=4096))
+    source = _ChunkRecorder(data)
+    assert handler.hash_file(source, "sha256") == hashlib.sha256(data).hexdigest()
+    assert source.asked and max(source.asked) == 4096 and -1 not in source.asked  # chunks, never read()-all
+    assert len(source.asked) >= len(data) // 4096
 
 
 def _jpeg(size, color=(200, 30, 30)) -> bytes:
@@ -363,6 +390,36 @@ def test_process_large_image_validates_input(tmp_path, settings):
     assert handler.process_large_image(path).size == (50, 40)
 
 
+def _png_claiming(width: int, height: int) -> bytes:
+    """A real 1x1 PNG whose header is rewritten to claim ``width`` x ``height``."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buffer, "PNG")
+    png = bytearray(buffer.getvalue())
+    ihdr = struct.pack(">II", width, height) + bytes(png[24:29])
+    png[16:29] = ihdr
+    png[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    return bytes(png)
+
+
+def test_process_large_image_raises_coded_errors_for_hostile_or_broken_files(settings):
+    from amulet_lab.errors import ProcessingError
+
+    handler = StreamingHandler(settings.replace(max_image_side=100_000))
+    # 30000 x 30000: over Pillow's own limit, which trips inside Image.open, before our header check
+    with pytest.raises(SecurityError) as bomb:
+        handler.process_large_image(_png_claiming(30_000, 30_000))
+    assert bomb.value.code == "E_IMAGE_BOMB"
+    truncated = _jpeg((300, 200))
+    with pytest.raises(ProcessingError) as broken:
+        handler.process_large_image(truncated[: len(truncated) // 2])
+    assert broken.value.code == "E_PROCESSING" and broken.value.stage == "decode"
+
+
 @pytest.mark.slow
 def test_process_large_image_of_a_6000x4000_jpeg_has_bounded_peak_memory(tmp_path):
     """Bound: the decode grows RSS by at most 30 MB (the full-size RGB pixels alone are 69 MB).
@@ -418,6 +475,15 @@ def test_memory_limit_context_checks_again_at_exit():
             pass
 
 
+def test_sampling_intervals_are_checked_where_they_are_given():
+    with pytest.raises(ValidationError) as limit:
+        memory_limit_context(10, interval_s=0)  # at construction, not at entry
+    assert limit.value.code == "E_INTERVAL"
+    with pytest.raises(ValidationError) as op:
+        memory_efficient_operation("tests.memory.bad-interval", interval_s=-1)  # at decoration, not first call
+    assert op.value.code == "E_INTERVAL"
+
+
 def test_memory_limit_context_lets_other_errors_through():
     with pytest.raises(KeyError):
         with memory_limit_context(1000):
@@ -458,5 +524,10 @@ def test_memory_micro_benchmark_quick_shape():
 
     result = run(quick=True)
     assert isinstance(result, MicroResult) and result.name == "memory"
+    # even the quick image is "large" under the defaults, so the reduced-scale path is what gets measured
+    from amulet_lab.config import load_settings
+
+    width, height = result.figures["width"], result.figures["height"]
+    assert width * height * 3 > load_settings({}, dotenv=None).large_image_threshold
     assert set(result.ratios) == {"peak_memory_vs_full", "time_vs_full"} == set(result.verdicts())
     assert result.figures["ours_peak_delta_mb"] >= 0 and result.figures["full_time_s"] > 0

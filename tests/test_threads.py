@@ -54,6 +54,36 @@ def test_atomic_counter_8_threads_x_100000_increments_is_exact():
     assert counter.get() == 800_000
 
 
+class _YieldingInt(int):
+    """An int whose ``+`` releases the GIL midway, so an unguarded ``value += 1`` is interrupted every time.
+
+    Needed because on CPython 3.11 a bare ``self._value += 1`` is never interrupted between its read and its
+    write (no eval-breaker check there): a counter with its lock removed still passes the 8 x 100,000 test.
+    """
+
+    def __add__(self, other):
+        time.sleep(0)  # drops the GIL: another thread reads the same old value if nothing serialises us
+        return _YieldingInt(int(self) + int(other))
+
+    def __sub__(self, other):
+        time.sleep(0)
+        return _YieldingInt(int(self) - int(other))
+
+
+def test_atomic_counter_stays_exact_when_the_addition_yields_the_gil():
+    """Fails if the counter's operations are not serialised (checked: without the lock it ends near 1/8th)."""
+    counter = AtomicCounter(_YieldingInt(0))
+
+    def work():
+        for _ in range(300):
+            counter.increment()
+            counter.add(2)
+            counter.decrement()
+
+    _run_threads(6, work)
+    assert counter.get() == 6 * 300 * 2
+
+
 def test_atomic_counter_operations():
     c = AtomicCounter(5)
     assert c.decrement() == 4 and c.add(10) == 14 and c.add(-4) == 10 and int(c) == 10
@@ -64,6 +94,11 @@ def test_atomic_counter_operations():
         c.add(1.5)  # type: ignore[arg-type]
     with pytest.raises(ValidationError):
         AtomicCounter("0")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError):
+        c.set("2")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError):
+        c.compare_and_set(1, None)  # type: ignore[arg-type]
+    assert c.get() == 1  # a refused value never got in
 
 
 def test_plain_int_loses_updates_where_counter_does_not():
@@ -145,6 +180,8 @@ def test_queue_bounded_put_get_timeouts_and_stats():
         ThreadSafeQueue(-1)
     with pytest.raises(ValidationError):
         q.get(timeout=-1)
+    with pytest.raises(ValidationError):
+        q.put(1, timeout="1")  # type: ignore[arg-type]
 
 
 def test_queue_get_waits_for_a_producer_and_counts_the_wait():

@@ -51,8 +51,10 @@ _globals_lock = threading.Lock()
 
 def _make(name: str) -> Any:
     if name == "memory_monitor":
-        monitor = MemoryMonitor()
+        # Caches shrink first, then gc collects and trims the heap: what the shrink dropped is returned too.
+        monitor = MemoryMonitor(builtin_responders=False)
         monitor.register_responder(image_cache_responder)
+        monitor.register_responder(gc_responder)
         return monitor
     if name == "gc_manager":
         return GCManager()
@@ -69,7 +71,7 @@ def __getattr__(name: str) -> Any:
 
 
 def get_memory_monitor() -> MemoryMonitor:
-    """The process-wide monitor (gc and image-cache responders registered), created on first use."""
+    """The process-wide monitor (image-cache shrink, then gc, registered as responders), created on first use."""
     return __getattr__("memory_monitor")
 
 

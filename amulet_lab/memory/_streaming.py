@@ -6,11 +6,12 @@ import contextlib
 import io
 import mmap
 import os
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from amulet_lab.errors import ProcessingError, ValidationError
+from amulet_lab.errors import ProcessingError, SecurityError, ValidationError
 from amulet_lab.files import existing_file, hash_stream
 from amulet_lab.pixels import check_dimensions, to_rgb
 
@@ -106,7 +107,10 @@ class StreamingHandler:
                                       value=type(data_or_path).__name__, code="E_SOURCE_TYPE")
             try:
                 image = Image.open(source)  # reads the header only
-            except UnidentifiedImageError as exc:
+            except Image.DecompressionBombError as exc:  # Pillow's own (looser) limit tripped on the header
+                raise SecurityError(f"image header claims too many pixels: {exc}", severity="high",
+                                    code="E_IMAGE_BOMB") from exc
+            except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
                 raise ValidationError("not a recognised image", field="data_or_path", code="E_IMAGE_FORMAT") from exc
             width, height = image.size
             check_dimensions(width, height, max_side=self.settings.max_image_side,
@@ -120,9 +124,12 @@ class StreamingHandler:
                     # the final Lanczos step always reduces (never enlarges).
                     image.draft("RGB", (max(1, round(width * scale)), max(1, round(height * scale))))
                 image.load()
-            except (OSError, Image.DecompressionBombError) as exc:
+                image = to_rgb(ImageOps.exif_transpose(image) or image)  # a malformed EXIF block raises here
+            except Image.DecompressionBombError as exc:
+                raise SecurityError(f"image decodes to too many pixels: {exc}", severity="high",
+                                    code="E_IMAGE_BOMB") from exc
+            except (OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
                 raise ProcessingError(f"could not decode image: {exc}", stage="decode") from exc
-        image = to_rgb(ImageOps.exif_transpose(image) or image)
         image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
         return image
 

@@ -20,6 +20,11 @@ T = TypeVar("T")
 _MISSING: Any = object()
 
 
+def _check_int(value: Any, field: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValidationError(f"{field} must be an int", field=field, value=value, code="E_COUNTER")
+
+
 class AtomicCounter:
     """An int whose read-modify-write operations are atomic across threads.
 
@@ -31,8 +36,7 @@ class AtomicCounter:
     __slots__ = ("_lock", "_value")
 
     def __init__(self, initial: int = 0) -> None:
-        if not isinstance(initial, int) or isinstance(initial, bool):
-            raise ValidationError("initial must be an int", field="initial", value=initial, code="E_COUNTER")
+        _check_int(initial, "initial")
         self._lock = threading.Lock()
         self._value = initial
 
@@ -50,8 +54,7 @@ class AtomicCounter:
 
     def add(self, amount: int) -> int:
         """Add ``amount`` (may be negative); returns the new value."""
-        if not isinstance(amount, int) or isinstance(amount, bool):
-            raise ValidationError("amount must be an int", field="amount", value=amount, code="E_COUNTER")
+        _check_int(amount, "amount")
         with self._lock:
             self._value += amount
             return self._value
@@ -62,12 +65,14 @@ class AtomicCounter:
 
     def set(self, value: int) -> int:
         """Replace the value; returns the old one."""
+        _check_int(value, "value")
         with self._lock:
             old, self._value = self._value, value
             return old
 
     def compare_and_set(self, expected: int, new: int) -> bool:
         """Set to ``new`` only if the value is ``expected``; returns whether it did."""
+        _check_int(new, "new")
         with self._lock:
             if self._value != expected:
                 return False
@@ -229,8 +234,10 @@ class ThreadSafeQueue(Generic[T]):
 
     @staticmethod
     def _check_timeout(timeout: float | None) -> None:
-        if timeout is not None and not timeout >= 0:
-            raise ValidationError("timeout must be >= 0 or None", field="timeout", value=timeout, code="E_TIMEOUT")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not timeout >= 0):
+            raise ValidationError("timeout must be a number >= 0 or None", field="timeout", value=timeout,
+                                  code="E_TIMEOUT")
 
     def _waited(self, kind: str, start: float) -> None:
         waited = self._timer() - start
