@@ -241,3 +241,14 @@ def test_unknown_methods_are_one_metric_label(svc_settings):
     client.request("FROBNICATE", "/health/live")
     text = client.get("/metrics").text
     assert 'method="OTHER"' in text and "FROBNICATE" not in text
+
+
+@pytest.mark.parametrize(("value", "status"), [("true", 401), ("false", 200)])
+def test_require_auth_is_read_from_amulet_require_auth(value, status):
+    from amulet_lab.config import load_settings
+
+    s = load_settings({"AMULET_SECRET_KEY": KEY, "AMULET_REQUIRE_AUTH": value}, dotenv=None)
+    response = client_for(s).get("/metrics")
+    assert response.status_code == status
+    if status == 401:
+        assert_envelope(response, 401, "E_AUTH_REQUIRED")

@@ -97,6 +97,11 @@ def test_repeated_photo_hits_the_cache_and_metrics_show_it(client, images):
     assert "amulet_cache_hits_total 1.0" in text
     assert "amulet_model_loaded 1.0" in text
     health = client.get("/health").json()
+    import jsonschema
+
+    from amulet_lab.health import HEALTH_SCHEMA
+
+    jsonschema.validate(health, HEALTH_SCHEMA)  # with a model loaded too, not only without one
     assert health["cache_stats"]["size"] == 1 and health["cache_stats"]["hit_rate"] == 0.5
     assert health["model_status"]["loaded"] is True and health["model_status"]["arch"] == "tiny"
     assert client.get("/health/ready").status_code == 200

@@ -119,6 +119,16 @@ def sample_images(root: str | Path | None = None, *, limit: int = 32) -> list[by
     return load_images(root, limit=limit, seed=None)
 
 
+def _check_run(duration_s: float, clients: int, warmup_s: float = 0.0) -> None:
+    """``ValidationError`` unless 0 < duration_s <= 3600, clients is an int >= 1 and 0 <= warmup_s <= 60."""
+    if isinstance(duration_s, bool) or not isinstance(duration_s, (int, float)) or not 0 < duration_s <= 3600:
+        raise ValidationError("duration_s must be a number in (0, 3600]", field="duration_s", value=duration_s)
+    if isinstance(clients, bool) or not isinstance(clients, int) or not 1 <= clients <= 1000:
+        raise ValidationError("clients must be an int in [1, 1000]", field="clients", value=clients)
+    if isinstance(warmup_s, bool) or not isinstance(warmup_s, (int, float)) or not 0 <= warmup_s <= 60:
+        raise ValidationError("warmup_s must be a number in [0, 60]", field="warmup_s", value=warmup_s)
+
+
 async def arun_load(
     url: str,
     images: Sequence[bytes],
@@ -135,10 +145,10 @@ async def arun_load(
 
     if not images:
         raise ValidationError("need at least one image to send", field="images", value=0)
-    if not 0 < duration_s <= 3600 or clients < 1:
-        raise ValidationError("duration_s must be in (0, 3600] and clients >= 1", field="duration_s",
-                              value=(duration_s, clients))
+    _check_run(duration_s, clients)
     tokens = list(tokens) if tokens is not None else [None] * clients
+    if not tokens:
+        raise ValidationError("tokens must be None or hold at least one entry (None: no token)", field="tokens", value=0)
     statuses: Counter[int] = Counter()
     lost_reasons: Counter[str] = Counter()
     latencies: list[float] = []
@@ -223,9 +233,18 @@ def run_load(
     ``cold_cache`` (started service only) shrinks its image cache to one entry, so the rotating sample
     images miss it and every request pays for decoding, preprocessing and inference.
     """
+    # Checked before anything starts: a bad argument must not cost a server start-up first.
+    _check_run(duration_s, clients, warmup_s)
     settings = settings or get_settings()
     if images is None:
-        images = [Path(image_path).read_bytes()] if image_path else sample_images()
+        if image_path:
+            from amulet_lab.files import existing_file
+
+            images = [existing_file(image_path, field="image_path").read_bytes()]
+        else:
+            images = sample_images()
+    if not images:
+        raise ValidationError("need at least one image to send", field="images", value=0)
     if url is not None:
         if token:
             tokens: list[str | None] = [token]

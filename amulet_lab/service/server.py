@@ -20,13 +20,22 @@ from typing import Any
 import uvicorn
 
 from amulet_lab.config import Settings
-from amulet_lab.errors import NetworkError
+from amulet_lab.errors import NetworkError, ValidationError
 
-__all__ = ["uvicorn_config", "serve", "ServerThread", "ServerProcess", "free_port"]
+__all__ = ["check_bind", "uvicorn_config", "serve", "ServerThread", "ServerProcess", "free_port"]
+
+
+def check_bind(host: str, port: int) -> None:
+    """``ValidationError`` unless ``host`` is a non-empty string and ``port`` an int in 0..65535 (0: any free port)."""
+    if not isinstance(host, str) or not host.strip():
+        raise ValidationError("host must be a non-empty string (e.g. 127.0.0.1)", field="host", value=repr(host)[:80])
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValidationError("port must be an int in 0..65535", field="port", value=repr(port)[:80])
 
 
 def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "warning") -> uvicorn.Config:
     """The uvicorn config the service runs with."""
+    check_bind(host, port)
     return uvicorn.Config(
         app,
         host=host,
@@ -46,6 +55,7 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None
     """Run the service in the foreground until interrupted."""
     from amulet_lab.service.app import create_app
 
+    check_bind(host, port)  # a bad address is refused before the model starts loading
     app = create_app(settings)  # refuses a missing secret key before anything binds
     uvicorn.Server(uvicorn_config(app, host, port, log_level=settings.log_level)).run()
 
