@@ -127,6 +127,10 @@ class ClassifierApp:
 
         self.front_upload.observe(self._on_upload, names="value")
         self.back_upload.observe(self._on_upload, names="value")
+        # A path typed after an upload replaces that upload (a browser cannot clear a FileUpload; without this
+        # the old upload would win and be shown under the new path).
+        self.front_path.observe(lambda ch: self._forget_upload(self.front_upload, ch), names="value")
+        self.back_path.observe(lambda ch: self._forget_upload(self.back_upload, ch), names="value")
         self.classify_button.on_click(lambda _b: self._safely(self.classify))
         self.gallery_button.on_click(lambda _b: self._safely(lambda: self.gallery(self.gallery_path.value)))
 
@@ -161,6 +165,11 @@ class ClassifierApp:
     def _on_upload(self, change: dict[str, Any]) -> None:
         if change.get("new"):
             self._safely(self.classify)
+
+    @staticmethod
+    def _forget_upload(upload: Any, change: dict[str, Any]) -> None:
+        if str(change.get("new") or "").strip() and upload.value:
+            upload.value = ()
 
     def _safely(self, action: Any) -> None:
         """Run a button/upload action; our own errors are shown to the user, anything else propagates."""

@@ -58,8 +58,8 @@ def test_help_lists_the_commands(capsys):
         assert word in out
 
 
-def test_bench_run_cli_appends_a_record(tmp_path, capsys):
-    """``bench run`` end to end on a real (untrained, seeded) tiny checkpoint: a few seconds."""
+def _tiny(path, size=32):
+    """A real (untrained, seeded) tiny checkpoint: the pipeline's cost, not its accuracy, is under test."""
     import torch
 
     from amulet_lab.images import PreprocessSpec
@@ -69,13 +69,82 @@ def test_bench_run_cli_appends_a_record(tmp_path, capsys):
     torch.manual_seed(0)
     labels = project_labels()
     ck = make_checkpoint(build_model("tiny", len(labels)), arch="tiny", arch_kwargs={}, labels=labels,
-                         spec=PreprocessSpec(size=32))
-    tiny = save_checkpoint(ck, tmp_path / "tiny.pt")
+                         spec=PreprocessSpec(size=size))
+    return save_checkpoint(ck, path)
+
+
+def test_bench_run_cli_appends_a_record(tmp_path, capsys):
+    """``bench run`` end to end on a tiny checkpoint (a few seconds), with a progress bar on stderr."""
+    tiny = _tiny(tmp_path / "tiny.pt")
     history_dir = tmp_path / "history"
     code = main(["bench", "run", "single_stream", "--samples", "2", "--min-duration", "0", "--threads", "1",
                  "--history-dir", str(history_dir), "--checkpoint", str(tiny)])
-    out = capsys.readouterr().out
-    assert code == 0 and "appended 1 record(s)" in out
+    captured = capsys.readouterr()
+    assert code == 0 and "appended 1 record(s)" in captured.out
+    assert "single_stream:" in captured.err and "/2 [" in captured.err  # the scenario's tqdm bar, 2 queries
     (record,) = History(history_dir).records
     assert record["scenario"] == "single_stream" and record["params"]["torch_threads"] == 1
     assert record["metrics"]["latency_p50_ms"] > 0
+
+
+@pytest.mark.slow
+def test_seeded_regression_from_the_environment_fails_compare(tmp_path, capsys, monkeypatch):
+    """Acceptance, from the command line: ``AMULET_TEST_PREPROCESS_DELAY_MS`` switches the seeded regression on;
+    ``bench compare --fail-on-regression`` passes two unchanged runs and fails the seeded one (``--json``)."""
+    from amulet_lab.config import _reset_settings_cache
+    from bench_helpers import unchanged_pair
+
+    tiny = _tiny(tmp_path / "tiny.pt", size=64)
+
+    def run(history):
+        return ["bench", "run", "single_stream", "--samples", "12", "--min-duration", "0.5", "--threads", "1",
+                "--history-dir", str(history), "--checkpoint", str(tiny)]
+
+    def judge(history):
+        return ["bench", "compare", "--history-dir", str(history), "--json", "--fail-on-regression"]
+
+    monkeypatch.delenv("AMULET_TEST_PREPROCESS_DELAY_MS", raising=False)
+    def run_twice(history):
+        assert main(run(history)) == 0 and main(run(history)) == 0
+
+    history, _ = unchanged_pair(run_twice, (tmp_path / f"history{i}" for i in range(3)))
+    capsys.readouterr()
+    code = main(judge(history))
+    clean = json.loads(capsys.readouterr().out)
+    assert code == 0 and clean["regressions"] == [] and len(clean["baseline_runs"]) == 1, clean["regressions"]
+
+    monkeypatch.setenv("AMULET_TEST_PREPROCESS_DELAY_MS", "50")  # see test_bench_runner
+    _reset_settings_cache()
+    assert main(run(history)) == 0
+    capsys.readouterr()
+    assert main(judge(history)) == 1
+    seeded = json.loads(capsys.readouterr().out)
+    assert {"latency_p50_ms", "stage_preprocess_ms"} <= {r["metric"] for r in seeded["regressions"]}
+    assert len(seeded["baseline_runs"]) == 2
+    assert History(history).run(seeded["run_id"])[0]["settings"]["test_preprocess_delay_ms"] == 50.0
+
+
+def test_report_and_demo_run_the_report_and_say_where_it_is(tmp_path, capsys, monkeypatch):
+    """``report`` and ``demo`` hand their options to ``run_report`` (tested on its own in test_bench_report) and
+    print its summary; ``demo`` ends with the report page to open."""
+    from amulet_lab.bench import report as report_module
+    from amulet_lab.bench.compare import compare
+
+    calls = []
+
+    def fake_run_report(out_dir=None, **kwargs):
+        calls.append((out_dir, kwargs))
+        out = tmp_path / "out"
+        return report_module.ReportResult(out, [out / "03_benchmark.ipynb", out / "04_report.ipynb"],
+                                          [out / "03_benchmark.html", out / "04_report.html"], out / "history" / "runs.jsonl",
+                                          0, 6, 1, "r1", compare([]), 1.0)
+
+    monkeypatch.setattr(report_module, "run_report", fake_run_report)
+    assert main(["report", "--out", str(tmp_path / "out"), "--quick", "--no-html"]) == 0
+    assert calls[-1][0] == str(tmp_path / "out") and calls[-1][1]["quick"] is True and calls[-1][1]["html"] is False
+    assert "report written to" in capsys.readouterr().out
+    assert main(["demo", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert calls[-1][1]["quick"] is False
+    assert out.rstrip().endswith(f"open the report: file://{(tmp_path / 'out' / '04_report.html').resolve()}")
+    assert "6 record(s) appended" in out

@@ -179,6 +179,18 @@ def test_memory_scenario_measures_each_stage():
     assert m["increment_mb_alloc"] > 40  # 64 MB array
     assert m["peak_rss_mb"] >= m["peak_rss_mb_alloc"] > 0
     assert result.params == {"what": "test", "interval_s": 0.005}
+    assert result.avg_batch_size == 1.0 and set(result.stages) == {"alloc", "sum"}
+
+
+def test_memory_scenario_reports_its_batch_size_and_ms_per_image():
+    clock = iter([0.0, 0.08, 0.08, 0.12])  # stage "a": 80 ms, stage "b": 40 ms, for a batch of 8
+    result = sc.memory_scenario([("a", lambda _: 1), ("b", lambda x: x + 1)], batch_size=8, timer=lambda: next(clock))
+    assert result.avg_batch_size == 8.0
+    assert result.stages == pytest.approx({"a": 10.0, "b": 5.0})
+    assert result.extra["stage_wall_ms_with_sampler"] == pytest.approx({"a": 80.0, "b": 40.0})
+    assert result.to_record()["avg_batch_size"] == 8.0
+    with pytest.raises(ValidationError):
+        sc.memory_scenario([("a", lambda _: 1)], batch_size=0)
 
 
 def test_load_images(tmp_path, images):

@@ -157,3 +157,59 @@ def test_nbval_fails_when_a_checked_output_differs(references):
     done = _nbval([tampered], tampered.parent)
     assert done.returncode != 0
     assert "Cell outputs differ" in done.stdout and "skipped: 7" in done.stdout
+
+
+def _sanitise(text: str) -> str:
+    """``text`` as nbval sees it: the rules of tests/nbval_sanitize.cfg, read and applied in order as nbval does."""
+    import re
+
+    from nbval.plugin import get_sanitize_patterns
+
+    for regex, replace in get_sanitize_patterns(SANITIZE.read_text()):
+        text = re.sub(regex, replace, text)
+    return text
+
+
+def test_sanitisers_mask_times_paths_and_ids_but_keep_the_checked_facts():
+    import configparser
+
+    sections = configparser.ConfigParser()
+    sections.read(SANITIZE)
+    from nbval.plugin import get_sanitize_patterns
+
+    assert len(get_sanitize_patterns(SANITIZE.read_text())) == len(sections.sections()) == 7  # every rule is read
+    volatile = ("run 20261201T214405Z-6315f1 at 2026-12-01T21:44:05+00:00 took 0.4 s (12.5 ms, 373.2 MB) "
+                "in /tmp/pytest-of-root/pytest-43/history, commit 2632fb3a34d3ac4d4da2, object at 0x7f2a7a7647d0")
+    assert _sanitise(volatile) == ("run RUN-ID at TIMESTAMP took DURATION (DURATION, SIZE) in PATH, commit HEX-ID, "
+                                   "object at 0xADDRESS")
+    # The stable facts the checked cells print pass through untouched, so a changed fact still fails nbval.
+    facts = ("scenarios run: single_stream, offline[bs=2]\nhistory records appended: 2\ncorrupt lines skipped: 0\n"
+             "photos profiled: 4\nmemory stages: decode, preprocess, infer, postprocess\nband: Check with an expert\n"
+             "gallery photos: 27, most uncertain first: True, not classified: 0, cards shown: 27")
+    assert _sanitise(facts) == facts
+
+
+def _assigned_names(source: str) -> list[str]:
+    import ast
+
+    return [t.id for node in ast.parse(source).body if isinstance(node, ast.Assign) for t in node.targets
+            if isinstance(t, ast.Name)]
+
+
+def test_parameters_cells_are_what_papermill_sees_and_03_takes_every_knob():
+    """Every name of a ``parameters`` cell is listed by papermill (``--help-notebook``; a ``=`` in a comment would hide
+    it), 03 takes the knobs the issue names, and its defaults are the ones ``amulet-lab report`` passes."""
+    import ast
+
+    import papermill as pm
+
+    from amulet_lab.bench.report import DEFAULT_PARAMETERS
+
+    for name in NAMES:
+        nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+        (cell,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert list(pm.inspect_notebook(str(NOTEBOOKS / name))) == _assigned_names(cell.source), name
+    bench = pm.inspect_notebook(str(NOTEBOOKS / "03_benchmark.ipynb"))
+    assert {"scenarios", "batch_sizes", "threads", "samples", "min_duration_s", "duration_s", "checkpoint", "data_dir",
+            "history_dir", "seed", "latency_bound_ms", "target_qps", "cache", "image_sizes"} <= set(bench)
+    assert {k: ast.literal_eval(bench[k]["default"]) for k in DEFAULT_PARAMETERS} == DEFAULT_PARAMETERS

@@ -76,6 +76,9 @@ def test_stage_figure_stacks_stages(history):
     widths = [c.patches[0].get_width() for c in ax.containers]
     assert widths == [1.0, 2.0, 6.0, 1.0]
     assert ax.get_xlabel() == "ms per image (median)"
+    # The legend sits below the axes (a figure legend), where it cannot hide the end of a bar.
+    assert ax.get_legend() is None and len(fig.legends) == 1
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["decode", "preprocess", "infer", "postprocess"]
 
 
 def _result(**kw):

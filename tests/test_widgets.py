@@ -88,6 +88,21 @@ def test_path_entry_and_bad_input_are_shown_not_raised(classifier, tmp_path):
     assert app.state["status"] == "done" and pair.front is not None and pair.back is not None
 
 
+def test_a_path_typed_after_an_upload_is_what_gets_classified(classifier):
+    front, back = sample_pair()
+    app = ClassifierApp(classifier)
+    app.front_upload.value = _upload(front.name, front.read_bytes())
+    assert app.state["front"] == front.name
+    app.front_path.value = str(back)  # the user types another photo's path and presses Classify
+    app.classify_button.click()
+    assert app.state["status"] == "done" and app.state["front"] == back.name and app.front_upload.value == ()
+    app.back_upload.value = _upload(front.name, front.read_bytes())
+    assert app.state["back"] == front.name
+    app.back_path.value = str(back)
+    app.classify_button.click()
+    assert app.state["back"] == back.name
+
+
 def test_gallery_sorts_by_uncertainty(classifier, tmp_path):
     from PIL import Image
 

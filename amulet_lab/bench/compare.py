@@ -5,8 +5,9 @@ threads, cache flag and reference workload included: ``baseline_key``) in up to 
 on the same machine; runs with the test-only preprocessing delay never serve as baseline for runs
 without it (a seeded regression is judged against clean runs, and never becomes their baseline). Values are first normalised by the reference
 workload timed in each run (time metrics divided by it, rates multiplied), so a machine that is
-busier today does not read as slower code. A metric regresses when its normalised value leaves the
-band ``[median / (1 + rel) - iqr_k * IQR, median * (1 + rel) + iqr_k * IQR]`` on the bad side *and* the raw change exceeds the
+slower today (throttled, another host of the same kind) does not read as slower code; the reference is
+the fastest of its rounds, so load that other jobs keep up during a run is not divided out. A metric
+regresses when its normalised value leaves the band ``[median / (1 + rel) - iqr_k * IQR, median * (1 + rel) + iqr_k * IQR]`` on the bad side *and* the raw change exceeds the
 metric's absolute floor (so 0.2 ms -> 0.4 ms of a cache hit is not news).
 """
 

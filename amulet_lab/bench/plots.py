@@ -139,7 +139,7 @@ def stage_figure(results: Iterable[Any]) -> Figure:
     ``results`` are ``ScenarioResult`` objects or history records.
     """
     rows = _stage_rows(results)
-    fig = _figure(8, 1.0 + 0.5 * max(1, len(rows)))
+    fig = _figure(8, 1.4 + 0.5 * max(1, len(rows)))
     ax = fig.add_subplot()
     labels = [k for k, _ in rows]
     left = [0.0] * len(rows)
@@ -150,7 +150,8 @@ def stage_figure(results: Iterable[Any]) -> Figure:
     ax.set_xlabel("ms per image (median)")
     ax.set_title("latency by stage")
     ax.invert_yaxis()
-    ax.legend(fontsize="small", ncols=4, loc="lower right")
+    # Below the axes, not inside: inside, the legend hid the end of the last bar.
+    fig.legend(*ax.get_legend_handles_labels(), fontsize="small", ncols=4, loc="outside lower center")
     return fig
 
 

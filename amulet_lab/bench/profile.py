@@ -55,11 +55,22 @@ class PipelineProfile:
         return pd.DataFrame({"value": self.cache.metrics}).round(4)
 
     def pressure_frame(self):  # -> pandas.DataFrame
-        """Memory-pressure checks taken between stages (level, score, RSS) and any level changes."""
+        """Memory-pressure checks taken between stages (level, score, RSS); level changes: ``events_frame``."""
         import pandas as pd
 
         cols = ["when", "level", "score", "rss_mb", "system_used_fraction"]
         return pd.DataFrame([{k: c.get(k) for k in cols} for c in self.pressure_checks], columns=cols)
+
+    def events_frame(self):  # -> pandas.DataFrame
+        """Memory-pressure events seen during the profile: a level change each (from, to, score, RSS, responders run)."""
+        import pandas as pd
+
+        cols = ["time", "from", "to", "score", "rss_mb", "responses", "errors"]
+        rows = [{k: e.get(k) for k in cols} for e in self.pressure_events]
+        for row in rows:
+            row["responses"] = ", ".join(row["responses"] or {}) or "-"
+            row["errors"] = len(row["errors"] or {})
+        return pd.DataFrame(rows, columns=cols)
 
     def threads_frame(self):  # -> pandas.DataFrame
         """Thread pools (name, workers, submitted, completed ...) as the thread manager reports them."""
@@ -155,7 +166,7 @@ def profile_pipeline(
     batch = sc.offline(uncached, pool[samples:], batch_size=batch_size, warmup=1, timer=timer, progress=progress)
     check("after offline")
     mem = sc.memory_scenario(classifier_memory_stages(uncached, pool, batch_size), timer=timer,
-                             params={"batch_size": batch_size})
+                             batch_size=min(batch_size, len(pool)), params={"batch_size": batch_size})
     check("after memory")
     cache = sc.cache_scenario(cached, base, repeat_ratio=repeat_ratio, queries=max(samples, 10), seed=seed,
                               clear=cached.cache.clear, timer=timer, progress=progress)

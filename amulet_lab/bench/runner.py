@@ -92,7 +92,7 @@ class BenchRun:
             f"scenarios run: {', '.join(r.key for r in self.results)}",
             f"history records appended: {len(self.records)}",
             f"figures: {', '.join(self.figures())}",
-            f"every scenario has stage timings: {all(r.stages for r in self.results if r.scenario != 'memory')}",
+            f"every scenario has stage timings: {all(r.stages for r in self.results)}",
         ])
 
     def _repr_html_(self) -> str:
@@ -225,6 +225,10 @@ def run_benchmarks(
         pool = sc.distinct_images(base, samples, seed=seed)
         # cache=False: the same model without a cache, so every query does the whole work.
         subject = classifier if cache or classifier is None else with_cache(classifier, False)
+        # The delay the timed model runs with: a classifier passed in carries its own settings, and compare
+        # must know a seeded run (it never becomes a baseline of clean runs).
+        delay_ms = float(getattr(getattr(classifier, "settings", None), "test_preprocess_delay_ms",
+                                 settings.test_preprocess_delay_ms))
         ref_before = reference_workload()
         machine = machine_info(torch_threads=threads or None)
         run_id, stamp = new_run_id(), utc_now().isoformat(timespec="seconds")
@@ -259,7 +263,7 @@ def run_benchmarks(
                 elif name == "memory":
                     bs = max(sizes)
                     results.append(sc.memory_scenario(classifier_memory_stages(subject, sized_pool, bs), timer=timer,
-                                                      params={"batch_size": bs}))
+                                                      batch_size=min(bs, len(sized_pool)), params={"batch_size": bs}))
             if px is not None:
                 for r in results[first:]:
                     r.variant = ",".join(v for v in (r.variant, f"img={px}") if v)
@@ -276,7 +280,7 @@ def run_benchmarks(
             "machine": machine,
             "reference": {k: round(reference[k], 6) if isinstance(reference[k], float) else reference[k]
                           for k in ("name", "ms", "before_ms", "after_ms", "torch_threads")},
-            "settings": {"test_preprocess_delay_ms": settings.test_preprocess_delay_ms, "cache": cache,
+            "settings": {"test_preprocess_delay_ms": delay_ms, "cache": cache,
                          "torch_threads": torch.get_num_threads()},
         }
         for r in results:

@@ -844,6 +844,7 @@ def memory_scenario(
     *,
     first_input: Any = None,
     interval_s: float = 0.005,
+    batch_size: int = 1,
     timer: Callable[[], float] = time.perf_counter,
     params: Mapping[str, Any] | None = None,
 ) -> ScenarioResult:
@@ -852,12 +853,15 @@ def memory_scenario(
     ``amulet_lab.memory.RssSampler`` samples the process every ``interval_s`` from a thread of this
     process while the stage runs, so short peaks (a batch tensor freed at once) are still seen. A thread,
     not ``memory_profiler``'s helper process: forking a threaded torch process per stage is unsafe.
+    The chain handles ``batch_size`` images at once: that is the average batch size reported, and the
+    per-stage split (``stages``) is each stage's wall time, sampler running, divided by it (ms per image).
     """
     from amulet_lab.memory._sampling import MB, RssSampler
 
     if not stages:
         raise ValidationError("memory_scenario needs at least one stage", field="stages")
     _check_pos("interval_s", interval_s)
+    _check_int("batch_size", batch_size)
     metrics: dict[str, float] = {}
     stage_ms: dict[str, float] = {}
     value = first_input
@@ -869,7 +873,8 @@ def memory_scenario(
         metrics[f"peak_rss_mb_{name}"] = sampler.peak_rss / MB
         metrics[f"increment_mb_{name}"] = sampler.peak_delta_bytes / MB
     metrics["peak_rss_mb"] = max(v for k, v in metrics.items() if k.startswith("peak_rss_mb_"))
+    per_image = {name: ms / batch_size for name, ms in stage_ms.items()}
     return ScenarioResult(
-        "memory", dict(params or {}, interval_s=interval_s), metrics, {}, 1.0,
+        "memory", dict(params or {}, interval_s=interval_s), metrics, per_image, float(batch_size),
         extra={"stage_wall_ms_with_sampler": stage_ms},
     )
