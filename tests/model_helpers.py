@@ -22,3 +22,18 @@ def tiny_checkpoint(data: Path, out: Path, *, epochs: int = 2, seed: int = 0) ->
                          feature_views=2, probes_per_batch=2)
     train(data, out=out, config=config, val_fraction=0.25, progress=False)
     return out
+
+
+def untrained_tiny_checkpoint(path: Path, size: int = 64) -> Path:
+    """A real, untrained, seeded ``tiny`` checkpoint: for tests of the pipeline's cost and plumbing, not accuracy."""
+    import torch
+
+    from amulet_lab.images import PreprocessSpec
+    from amulet_lab.model import build_model, make_checkpoint, save_checkpoint
+    from amulet_lab.model.checkpoint import project_labels
+
+    torch.manual_seed(0)
+    labels = project_labels()
+    ck = make_checkpoint(build_model("tiny", len(labels)), arch="tiny", arch_kwargs={}, labels=labels,
+                         spec=PreprocessSpec(size=size))
+    return save_checkpoint(ck, path)

@@ -8,6 +8,7 @@ import pytest
 
 from amulet_lab.bench.history import History
 from amulet_lab.cli import main
+from model_helpers import untrained_tiny_checkpoint
 
 
 def _write(tmp_path, values):
@@ -58,24 +59,9 @@ def test_help_lists_the_commands(capsys):
         assert word in out
 
 
-def _tiny(path, size=32):
-    """A real (untrained, seeded) tiny checkpoint: the pipeline's cost, not its accuracy, is under test."""
-    import torch
-
-    from amulet_lab.images import PreprocessSpec
-    from amulet_lab.model import build_model, make_checkpoint, save_checkpoint
-    from amulet_lab.model.checkpoint import project_labels
-
-    torch.manual_seed(0)
-    labels = project_labels()
-    ck = make_checkpoint(build_model("tiny", len(labels)), arch="tiny", arch_kwargs={}, labels=labels,
-                         spec=PreprocessSpec(size=size))
-    return save_checkpoint(ck, path)
-
-
 def test_bench_run_cli_appends_a_record(tmp_path, capsys):
     """``bench run`` end to end on a tiny checkpoint (a few seconds), with a progress bar on stderr."""
-    tiny = _tiny(tmp_path / "tiny.pt")
+    tiny = untrained_tiny_checkpoint(tmp_path / "tiny.pt", size=32)
     history_dir = tmp_path / "history"
     code = main(["bench", "run", "single_stream", "--samples", "2", "--min-duration", "0", "--threads", "1",
                  "--history-dir", str(history_dir), "--checkpoint", str(tiny)])
@@ -94,7 +80,7 @@ def test_seeded_regression_from_the_environment_fails_compare(tmp_path, capsys, 
     from amulet_lab.config import _reset_settings_cache
     from bench_helpers import unchanged_pair
 
-    tiny = _tiny(tmp_path / "tiny.pt", size=64)
+    tiny = untrained_tiny_checkpoint(tmp_path / "tiny.pt")
 
     def run(history):
         return ["bench", "run", "single_stream", "--samples", "12", "--min-duration", "0.5", "--threads", "1",

@@ -6,22 +6,15 @@ from __future__ import annotations
 import pytest
 
 from amulet_lab.bench.profile import profile_pipeline
+from model_helpers import untrained_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory):
-    import torch
-
     from amulet_lab.config import load_settings
-    from amulet_lab.images import PreprocessSpec
-    from amulet_lab.model import AmuletClassifier, build_model, make_checkpoint, save_checkpoint
-    from amulet_lab.model.checkpoint import project_labels
+    from amulet_lab.model import AmuletClassifier
 
-    torch.manual_seed(0)
-    labels = project_labels()
-    ck = make_checkpoint(build_model("tiny", len(labels)), arch="tiny", arch_kwargs={}, labels=labels,
-                         spec=PreprocessSpec(size=32))
-    path = save_checkpoint(ck, tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+    path = untrained_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", size=32)
     return AmuletClassifier.from_checkpoint(path, settings=load_settings({}, dotenv=None))
 
 

@@ -10,20 +10,7 @@ import pytest
 from amulet_lab.bench.history import History
 from amulet_lab.bench.report import PerformanceReport, run_report
 from amulet_lab.errors import ValidationError
-
-
-def _tiny_checkpoint(path):
-    import torch
-
-    from amulet_lab.images import PreprocessSpec
-    from amulet_lab.model import build_model, make_checkpoint, save_checkpoint
-    from amulet_lab.model.checkpoint import project_labels
-
-    torch.manual_seed(0)
-    labels = project_labels()
-    ck = make_checkpoint(build_model("tiny", len(labels)), arch="tiny", arch_kwargs={}, labels=labels,
-                         spec=PreprocessSpec(size=64))
-    return save_checkpoint(ck, path)
+from model_helpers import untrained_tiny_checkpoint
 
 
 def _record(run_id, ts, value, scenario="single_stream"):
@@ -61,7 +48,7 @@ def test_run_report_appends_a_run_and_shows_every_run(tmp_path, settings):
     """A second run on top of an earlier one: both in the history, both in the report; HTML with plots."""
     from amulet_lab.bench.runner import run_benchmarks
 
-    ck = _tiny_checkpoint(tmp_path / "tiny.pt")
+    ck = untrained_tiny_checkpoint(tmp_path / "tiny.pt")
     small = {"checkpoint": str(ck), "scenarios": ["single_stream"], "batch_sizes": [2], "samples": 3,
              "min_duration_s": 0.0}
     first = run_benchmarks(small["scenarios"], checkpoint=ck, history_dir=tmp_path / "out" / "history", samples=3,

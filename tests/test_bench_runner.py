@@ -12,22 +12,13 @@ from amulet_lab.bench.history import History
 from amulet_lab.bench.runner import SCENARIOS, run_benchmarks
 from amulet_lab.errors import ValidationError
 from bench_helpers import unchanged_pair
+from model_helpers import untrained_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     """A real (untrained, seeded) tiny model: the pipeline's cost, not its accuracy, is under test."""
-    import torch
-
-    from amulet_lab.images import PreprocessSpec
-    from amulet_lab.model import build_model, make_checkpoint, save_checkpoint
-    from amulet_lab.model.checkpoint import project_labels
-
-    torch.manual_seed(0)
-    labels = project_labels()
-    ck = make_checkpoint(build_model("tiny", len(labels)), arch="tiny", arch_kwargs={}, labels=labels,
-                         spec=PreprocessSpec(size=64))
-    return save_checkpoint(ck, tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+    return untrained_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
 
 
 @pytest.fixture(scope="module")

@@ -23,27 +23,13 @@ import nbformat
 import pytest
 
 from amulet_lab.config import PROJECT_ROOT
+from model_helpers import untrained_tiny_checkpoint
 
 pytestmark = pytest.mark.slow
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
 NAMES = ["01_classify.ipynb", "02_profile.ipynb", "03_benchmark.ipynb", "04_report.ipynb"]
 SANITIZE = Path(__file__).with_name("nbval_sanitize.cfg")
-
-
-def _tiny_checkpoint(path: Path) -> Path:
-    """A real, untrained, seeded tiny model: quick to run, independent of the default model's training."""
-    import torch
-
-    from amulet_lab.images import PreprocessSpec
-    from amulet_lab.model import build_model, make_checkpoint, save_checkpoint
-    from amulet_lab.model.checkpoint import project_labels
-
-    torch.manual_seed(0)
-    labels = project_labels()
-    ck = make_checkpoint(build_model("tiny", len(labels)), arch="tiny", arch_kwargs={}, labels=labels,
-                         spec=PreprocessSpec(size=64))
-    return save_checkpoint(ck, path)
 
 
 def _small_parameters(history_dir: Path, checkpoint: Path) -> dict[str, dict]:
@@ -98,7 +84,7 @@ def references(tmp_path_factory):
     committed = PROJECT_ROOT / "reports" / "history"
     before = {p.name: p.read_bytes() for p in committed.glob("*.jsonl")}
     refs = {}
-    checkpoint = _tiny_checkpoint(work / "tiny.pt")
+    checkpoint = untrained_tiny_checkpoint(work / "tiny.pt")
     for name, params in _small_parameters(history, checkpoint).items():
         prepared = work / f"prepared-{name}"
         pm.execute_notebook(str(NOTEBOOKS / name), str(prepared), parameters=params, prepare_only=True)

@@ -9,24 +9,17 @@ import pytest
 
 from amulet_lab.errors import ValidationError
 from amulet_lab.widgets import BAND_WORDS, ClassifierApp, band_words, sample_pair, upload_bytes
+from model_helpers import untrained_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory):
     """A real (untrained, seeded) tiny model with its own image cache: the app's logic is under test."""
-    import torch
-
     from amulet_lab.cache import ImageCache
     from amulet_lab.config import load_settings
-    from amulet_lab.images import PreprocessSpec
-    from amulet_lab.model import AmuletClassifier, build_model, make_checkpoint, save_checkpoint
-    from amulet_lab.model.checkpoint import project_labels
+    from amulet_lab.model import AmuletClassifier
 
-    torch.manual_seed(0)
-    labels = project_labels()
-    ck = make_checkpoint(build_model("tiny", len(labels)), arch="tiny", arch_kwargs={}, labels=labels,
-                         spec=PreprocessSpec(size=64))
-    path = save_checkpoint(ck, tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+    path = untrained_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
     settings = load_settings({}, dotenv=None)
     return AmuletClassifier.from_checkpoint(path, settings=settings, cache=ImageCache(settings=settings))
 
