@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from amulet_lab.errors import ModelError, ValidationError
 from amulet_lab.images import PreprocessSpec
@@ -18,7 +19,7 @@ from amulet_lab.model import (
 )
 from amulet_lab.model.checkpoint import project_labels
 from amulet_lab.model.evaluate import expected_calibration_error, pair_accuracy
-from amulet_lab.model.features import FEATURE_DIM, HandFeatures
+from amulet_lab.model.features import FEATURE_DIM, FEATURE_GROUPS, HandFeatures
 from amulet_lab.model.unknown import UnknownRule, make_probes, normalised_entropy
 
 
@@ -49,8 +50,30 @@ def test_hand_features_are_finite_and_see_the_silhouette():
     feats = HandFeatures(spec.mean, spec.std)(x)
     assert feats.shape == (2, FEATURE_DIM) and torch.isfinite(feats).all()
     # shape block: share, aspect, extent ...: the square fills its box, the disc about pi/4 of it
-    extent_index = FEATURE_DIM - (4 + 2 * 8 + 1)
+    extent_index = FEATURE_DIM - FEATURE_GROUPS["shape"] + 2
     assert feats[0, extent_index] > 0.95 and 0.7 < feats[1, extent_index] < 0.85
+
+
+def _piece(size: int, centre: tuple[int, int], radius: int, stripes: str) -> torch.Tensor:
+    """A normalised image: a striped disc (vertical or horizontal relief) on a flat background."""
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    inside = ((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2) < radius**2
+    along = (xx if stripes == "vertical" else yy) - (centre[1] if stripes == "vertical" else centre[0])
+    relief = torch.where((along * 4 // radius) % 2 == 0, 1.6, 0.9)
+    x = torch.full((1, 3, size, size), -0.4)
+    x[0, :, inside] = relief[inside]
+    return x
+
+
+def test_relief_features_follow_the_piece_not_its_place_or_size_in_the_photo():
+    spec = PreprocessSpec(128)
+    extract = HandFeatures(spec.mean, spec.std)
+    hog = slice(0, FEATURE_GROUPS["hog"])
+    a = extract(_piece(128, (64, 64), 40, "vertical"))[0, hog]
+    moved = extract(_piece(128, (44, 80), 26, "vertical"))[0, hog]  # smaller and off-centre
+    other = extract(_piece(128, (64, 64), 40, "horizontal"))[0, hog]
+    same, different = F.cosine_similarity(a, moved, 0), F.cosine_similarity(a, other, 0)
+    assert same > 0.9 and same > different + 0.2, (float(same), float(different))
 
 
 def _checkpoint(arch: str = "tiny", size: int = 32):

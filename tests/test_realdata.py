@@ -1,7 +1,7 @@
 """The training recipe on the real amulet6 photos (skips where ../shared/datasets/amulet6 is absent).
 
-A quick version of the recipe (features + a short CNN run) trains on train/ and must beat a modest
-floor on val/; the full recipe's figures are in the README. Nothing is written into the project.
+The default recipe (the feature model) trains on train/ and must beat a floor on val/; the
+cross-validated figures are in the README. Nothing is written into the project.
 """
 
 from __future__ import annotations
@@ -11,16 +11,26 @@ import pytest
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
 
-def test_quick_recipe_beats_a_modest_floor_on_real_val(shared_dataset, tmp_path):
+def test_default_recipe_beats_a_floor_on_real_val(shared_dataset, tmp_path):
     from amulet_lab.data import load_dataset
-    from amulet_lab.model import TrainConfig, evaluate, train
+    from amulet_lab.model import evaluate, load_checkpoint, train
 
     splits = load_dataset(shared_dataset)
     assert len(splits.train) > 100 and len(splits.val) > 20
-    config = TrainConfig(arch="ensemble", epochs=30, min_epochs=10, seed=0)  # the recipe, shortened
-    ck = train(splits, out=tmp_path / "real.pt", config=config, progress=False)
+    ck = train(splits, out=tmp_path / "real.pt", progress=False)
+    assert ck.arch == "features"
     result = evaluate(tmp_path / "real.pt", splits, split="val")
-    # Chance is 1/6; the full recipe scores about 0.9 here, the feature head alone about 0.8.
-    assert result["accuracy"] >= 0.6, result["accuracy"]
-    assert result["top2_accuracy"] >= 0.8
+    # Chance is 1/6; this recipe scores 0.86 in 5-fold CV and 0.88 on this 26-photo val split.
+    assert result["accuracy"] >= 0.75, result["accuracy"]
+    assert result["top2_accuracy"] >= 0.9
     assert ck.metadata["metrics"]["accuracy"] == pytest.approx(result["accuracy"], abs=1e-6)
+    assert load_checkpoint(tmp_path / "real.pt").temperature > 0
+
+
+def test_train_and_val_together_are_calibrated_out_of_fold(shared_dataset, tmp_path):
+    """No validation split left: the feature model's temperature comes from out-of-fold predictions, not 1."""
+    from amulet_lab.model import train
+
+    ck = train(shared_dataset, out=tmp_path / "all.pt", include_val=True, progress=False)
+    assert ck.metadata["n_val"] == 0 and ck.metadata["n_train"] == 149
+    assert ck.temperature != 1.0

@@ -104,3 +104,15 @@ def test_cli_train_evaluate_predict(dataset, tmp_path, capsys):
     assert printed[0]["label"] in {lab.key for lab in load_labels()}
     assert set(printed[0]["timings"]) == {"decode", "preprocess", "infer", "postprocess", "total"}
     assert main(["predict", "/nonexistent.jpg", "--checkpoint", str(ck)]) == 1
+
+
+def test_cli_train_default_recipe_is_the_feature_model(dataset, tmp_path, capsys):
+    from amulet_lab.cli import main
+    from amulet_lab.model import load_checkpoint
+
+    ck = tmp_path / "f.pt"
+    assert main(["train", str(dataset), "--out", str(ck), "--img-size", "64", "--quiet"]) == 0
+    said = capsys.readouterr().out
+    assert "best epoch" not in said and "val images, T=" in said  # no epochs to speak of: a linear fit
+    loaded = load_checkpoint(ck)
+    assert loaded.arch == "features" and loaded.metadata["config"]["feature_l2"] == 0.04

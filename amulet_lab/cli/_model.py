@@ -33,8 +33,9 @@ def _train(args: argparse.Namespace, settings: Any) -> int:
                include_val=args.include_val, progress=not args.quiet)
     meta = ck.metadata
     m = meta.get("metrics") or {}
+    epochs = f", best epoch {meta['best_epoch']} of {meta['epochs_run']}" if meta["epochs_run"] else ""  # a CNN's only
     print(f"saved {args.out} ({Path(args.out).stat().st_size / 1e6:.2f} MB) in {meta['train_seconds']:.0f} s, "
-          f"{meta['n_train']} train / {meta['n_val']} val images, best epoch {meta['best_epoch']}, T={ck.temperature:.3f}")
+          f"{meta['n_train']} train / {meta['n_val']} val images{epochs}, T={ck.temperature:.3f}")
     if m:
         print(f"validation: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, top-2 {m['top2_accuracy']:.4f}, "
               f"ECE {m['ece']:.4f}")
@@ -80,7 +81,7 @@ def train_default(out: str | Path | None = None, *, progress: bool = True, workd
 
     target = Path(out) if out else default_checkpoint_path()
     r = DEFAULT_RECIPE
-    config = TrainConfig(arch="ensemble", img_size=64, epochs=14, seed=0, min_epochs=6, patience=8)
+    config = TrainConfig(arch="ensemble", epochs=14, seed=0, min_epochs=6, patience=8)
     with tempfile.TemporaryDirectory(prefix="amulet-synth-", dir=workdir) as tmp:
         train_dir = synthesize(Path(tmp) / "train", r["per_class"], r["data_seed"], r["size"], progress=progress)
         heldout_dir = synthesize(Path(tmp) / "heldout", r["heldout_per_class"], r["heldout_seed"], r["size"], progress=progress)
@@ -147,7 +148,7 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, help="maximum epochs (default: the recipe's)")
     parser.add_argument("--seed", type=int, help="random seed (default 0)")
     parser.add_argument("--img-size", type=int, dest="img_size", help="square input side in pixels")
-    parser.add_argument("--arch", choices=("tiny", "small", "ensemble", "features"), help="architecture (default ensemble)")
+    parser.add_argument("--arch", choices=("tiny", "small", "ensemble", "features"), help="architecture (default features; the bundled synthetic model is an ensemble)")
     parser.add_argument("--batch-size", type=int, dest="batch_size", help="images per step")
     parser.add_argument("--lr", type=float, help="peak learning rate")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -162,7 +163,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--val-fraction", type=float, default=0.2, dest="val_fraction",
                    help="validation share when DATA_DIR is not pre-split (default 0.2)")
     p.add_argument("--include-val", action="store_true", dest="include_val",
-                   help="train on train+val for the full epochs (no early stopping, T=1)")
+                   help="train on train+val (a CNN: the full epochs, no early stopping, T=1; features: calibrated out of fold)")
     _train_args(p)
     p.set_defaults(func=_train)
 

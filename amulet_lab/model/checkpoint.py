@@ -172,7 +172,10 @@ def load_checkpoint(path: str | Path, *, expected_labels: Any = "project") -> Ch
         unknown = UnknownRule.from_dict(payload["unknown"])
         temperature = float(payload["temperature"])
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:
-        raise ModelError(f"checkpoint {path} does not fit its architecture: {exc}"[:500], code="E_CHECKPOINT_WEIGHTS", context=ctx) from exc
+        # The message leads with the fix: the error text itself (torch's size list) can be long.
+        hint = "it was probably saved by another amulet_lab version; retrain it (the default one: make train-default)"
+        raise ModelError(f"checkpoint {path} does not fit its architecture ({hint}): {exc}"[:600], code="E_CHECKPOINT_WEIGHTS",
+                         context=ctx) from exc
     if not temperature > 0:
         raise ModelError(f"checkpoint {path} has a non-positive temperature {temperature}", code="E_CHECKPOINT_FORMAT", context=ctx)
     model.eval()

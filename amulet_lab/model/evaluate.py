@@ -141,14 +141,17 @@ def cross_validate(
 ) -> dict[str, Any]:
     """Stratified k-fold CV of the training recipe: per fold train on k-1 parts, score the held-out part.
 
-    The held-out fold is scored by a model trained without it; within the training part, early stopping
-    and calibration use an inner stratified split (a fifth), as the default recipe does.
+    The held-out fold is scored by a model trained without it. Within the training part, a model with a
+    CNN uses an inner stratified split (a fifth) for early stopping and calibration, as ``train`` does
+    with a validation split; a features-only model trains on the whole part and calibrates on
+    out-of-fold predictions (see ``train.fit``), as it does when given no validation split.
     """
     from dataclasses import replace
 
     from amulet_lab.data import stratified_kfold
     from amulet_lab.images import PreprocessSpec
     from amulet_lab.images import to_uint8_batch
+    from amulet_lab.model.arch import ARCHITECTURES
     from amulet_lab.model.train import TrainConfig, fit, predict_logits
 
     if not isinstance(k, int) or k < 2:
@@ -158,8 +161,10 @@ def cross_validate(
     results = []
     all_probs, all_targets = [], []
     for i, (train_part, test_part) in enumerate(folds):
-        inner = stratified_kfold(train_part, 5, seed + 100 + i)[0]
-        fit_part, val_part = inner
+        if ARCHITECTURES.get(cfg.arch, (None, True))[0] is not None:
+            fit_part, val_part = stratified_kfold(train_part, 5, seed + 100 + i)[0]
+        else:
+            fit_part, val_part = train_part, []
         fold_cfg = replace(cfg, seed=cfg.seed + i)
         res = fit([s.path for s in fit_part], [s.label for s in fit_part], [s.path for s in val_part],
                   [s.label for s in val_part], num_classes, fold_cfg, progress=progress)
