@@ -116,3 +116,60 @@ def test_cli_train_default_recipe_is_the_feature_model(dataset, tmp_path, capsys
     assert "best epoch" not in said and "val images, T=" in said  # no epochs to speak of: a linear fit
     loaded = load_checkpoint(ck)
     assert loaded.arch == "features" and loaded.metadata["config"]["feature_l2"] == 0.04
+
+
+def test_bundled_model_recipe_pins_every_training_field():
+    """make train-default must not follow later changes of TrainConfig's defaults (tuned for real photos)."""
+    import dataclasses
+
+    from amulet_lab.model.train import BUNDLED_CONFIG
+    from amulet_lab.model import default_checkpoint_path
+
+    assert set(BUNDLED_CONFIG) == {f.name for f in dataclasses.fields(TrainConfig)}
+    assert load_checkpoint(default_checkpoint_path()).metadata["config"] == BUNDLED_CONFIG
+
+
+def test_unknown_arch_is_refused_by_the_config():
+    with pytest.raises(ValidationError) as info:
+        TrainConfig(arch="resnet")
+    assert info.value.code == "E_ARCH"
+
+
+def test_out_of_fold_folds_keep_a_pieces_photos_together():
+    from amulet_lab.model.train import _fold_ids
+
+    labels = torch.tensor([0] * 10 + [1] * 10)
+    groups = [f"piece{i // 2}" for i in range(20)]  # front and back of ten pieces
+    fold = _fold_ids(labels, groups, 5, seed=0)
+    assert all(fold[i] == fold[i + 1] for i in range(0, 20, 2))
+    assert sorted(torch.bincount(fold).tolist()) == [4] * 5  # balanced: two pieces a fold
+    assert torch.bincount(fold[:10]).tolist() == [2] * 5  # and stratified: one piece of each class
+
+
+def test_features_without_val_are_calibrated_out_of_fold(dataset):
+    """Out of fold, the model is less sure than on its own training images: the fitted T is larger."""
+    from amulet_lab.data import load_dataset
+    splits = load_dataset(dataset, val_fraction=0.0)
+    images, labels = [s.path for s in splits.train], [s.label for s in splits.train]
+    cfg = TrainConfig(arch="features", img_size=64, feature_views=1, seed=0)
+    res = fit(images, labels, [], [], 6, cfg, train_groups=[s.group for s in splits.train], progress=False)
+    spec = PreprocessSpec(64)
+    y = torch.tensor(labels)
+    with torch.no_grad():
+        feats = res.model.head.extract(spec.normalise(to_uint8_batch(images, 64).float() / 255.0))
+    in_sample = fit_temperature(torch.log_softmax(res.model.head.fc((feats - res.model.head.feat_mean) / res.model.head.feat_std), 1), y)
+    assert res.temperature > in_sample  # a calibration on the training images themselves would give about in_sample
+
+
+def test_cross_validate_scores_every_image_once(dataset):
+    from amulet_lab.data import load_dataset
+    from amulet_lab.model import cross_validate
+
+    splits = load_dataset(dataset, val_fraction=0.0)
+    keys = [lab.key for lab in splits.labels]
+    cfg = TrainConfig(arch="features", img_size=64, feature_views=1)
+    result = cross_validate(splits.all, len(keys), keys, k=2, seed=0, config=cfg, progress=False)
+    assert result["k"] == 2 and len(result["folds"]) == 2
+    assert sum(f["n"] for f in result["folds"]) == len(splits.all)
+    assert 0.0 <= result["accuracy"] <= 1.0 and result["accuracy"] > 1 / 6  # better than chance on the stand-in
+    assert set(result["pooled"]) >= {"accuracy", "macro_f1", "top2_accuracy", "ece", "confusion_matrix"}

@@ -72,16 +72,17 @@ def _evaluate(args: argparse.Namespace, settings: Any) -> int:
 
 
 def train_default(out: str | Path | None = None, *, progress: bool = True, workdir: str | Path | None = None) -> Any:
-    """Synthesise data, train the default recipe, score it on a separately generated held-out set, save it."""
+    """Synthesise data, train the bundled model's recipe (an ensemble), score it on a separately generated held-out set, save it."""
     import tempfile
 
     from amulet_lab.data import load_dataset, synthesize
     from amulet_lab.model import TrainConfig, evaluate, load_checkpoint, save_checkpoint, train
+    from amulet_lab.model.train import BUNDLED_CONFIG
     from amulet_lab.model.classifier import default_checkpoint_path
 
     target = Path(out) if out else default_checkpoint_path()
     r = DEFAULT_RECIPE
-    config = TrainConfig(arch="ensemble", epochs=14, seed=0, min_epochs=6, patience=8)
+    config = TrainConfig(**BUNDLED_CONFIG)
     with tempfile.TemporaryDirectory(prefix="amulet-synth-", dir=workdir) as tmp:
         train_dir = synthesize(Path(tmp) / "train", r["per_class"], r["data_seed"], r["size"], progress=progress)
         heldout_dir = synthesize(Path(tmp) / "heldout", r["heldout_per_class"], r["heldout_seed"], r["size"], progress=progress)
@@ -163,7 +164,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--val-fraction", type=float, default=0.2, dest="val_fraction",
                    help="validation share when DATA_DIR is not pre-split (default 0.2)")
     p.add_argument("--include-val", action="store_true", dest="include_val",
-                   help="train on train+val (a CNN: the full epochs, no early stopping, T=1; features: calibrated out of fold)")
+                   help="train on train+val (a CNN: the full epochs, no early stopping, T=1; features: calibrated out of fold, "
+                        "given 10 or more images)")
     _train_args(p)
     p.set_defaults(func=_train)
 
@@ -180,7 +182,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_evaluate)
 
     p = subparsers.add_parser("train-default", help="rebuild data/models/amulet6-synth.pt from synthetic data",
-                              description="Generate synthetic data, train the default recipe, check it on a held-out "
+                              description="Generate synthetic data, train the bundled model's recipe (an ensemble), check it on a held-out "
                                           "synthetic set and write the bundled checkpoint (reproducible).")
     p.add_argument("--out", help="checkpoint to write (default data/models/amulet6-synth.pt)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -3,7 +3,7 @@
 ``build_model(arch, num_classes, **kwargs)`` builds an ``AmuletNet``: a compact CNN and/or a linear
 head on hand-made features (``features.HandFeatures``), combined as a weighted sum of their
 log-probabilities (a product of experts). The features want detail (128 px input); the CNN may run on
-the input resized to ``cnn_size`` (64 px in the default recipe: four times cheaper, no less accurate).
+the input resized to ``cnn_size`` (64 px in the ensemble recipe: four times cheaper, no less accurate).
 Test-time augmentation (a horizontal flip, for the CNN only: the features' relief layout is not
 mirror-symmetric) happens inside ``forward`` in eval mode, so every caller gets the same logits.
 

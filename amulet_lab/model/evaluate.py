@@ -161,13 +161,14 @@ def cross_validate(
     results = []
     all_probs, all_targets = [], []
     for i, (train_part, test_part) in enumerate(folds):
-        if ARCHITECTURES.get(cfg.arch, (None, True))[0] is not None:
+        if ARCHITECTURES[cfg.arch][0] is not None:  # a CNN: early stopping and calibration on an inner split
             fit_part, val_part = stratified_kfold(train_part, 5, seed + 100 + i)[0]
         else:
             fit_part, val_part = train_part, []
         fold_cfg = replace(cfg, seed=cfg.seed + i)
         res = fit([s.path for s in fit_part], [s.label for s in fit_part], [s.path for s in val_part],
-                  [s.label for s in val_part], num_classes, fold_cfg, progress=progress)
+                  [s.label for s in val_part], num_classes, fold_cfg, train_groups=[s.group for s in fit_part],
+                  progress=progress)
         spec = PreprocessSpec(fold_cfg.img_size)
         x = spec.normalise(to_uint8_batch([s.path for s in test_part], spec.size).float() / 255.0)
         probs = torch.softmax(predict_logits(res.model, x) / res.temperature, 1)

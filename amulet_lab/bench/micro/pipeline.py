@@ -52,9 +52,12 @@ def _classifier():
     if path.is_file():
         ck = load_checkpoint(path)
     else:
-        spec = PreprocessSpec(96)
-        model = build_model("ensemble", 6, mean=spec.mean, std=spec.std)
-        ck = make_checkpoint(model, arch="ensemble", arch_kwargs={"mean": list(spec.mean), "std": list(spec.std)},
+        # The bundled model's shape (an untrained one: the cost is under test, not the answers).
+        from amulet_lab.model.train import BUNDLED_CONFIG as cfg
+
+        spec = PreprocessSpec(cfg["img_size"])
+        kwargs = {"mean": list(spec.mean), "std": list(spec.std), "cnn_size": cfg["cnn_size"]}
+        ck = make_checkpoint(build_model(cfg["arch"], 6, **kwargs), arch=cfg["arch"], arch_kwargs=kwargs,
                              labels=project_labels(), spec=spec)
     cached = AmuletClassifier(ck, settings=settings, cache=ImageCache(settings=settings), monitor=PerformanceMonitor())
     plain = AmuletClassifier(ck, settings=settings, cache=False, monitor=PerformanceMonitor())
