@@ -160,3 +160,18 @@ def test_a_runs_records_land_in_one_atomic_append(tmp_path, monkeypatch):
     with pytest.raises(ValidationError):
         h.extend([recs[0], {"run_id": "r"}])  # one invalid record: nothing of the run is written
     assert len(calls) == 1 and len(history_module.History(tmp_path)) == 3
+
+
+def test_a_seeded_run_is_judged_against_clean_runs_only(tmp_path):
+    """An earlier seeded run must not become a baseline: seeded, clean, seeded again is still flagged."""
+    def seeded(r, delay):
+        r["settings"] = {"test_preprocess_delay_ms": delay}
+        return r
+
+    h = History(tmp_path)
+    h.append(seeded(record("r0", "2026-01-01T00:00:00Z", 60.0), 50.0))
+    h.append(seeded(record("r1", "2026-01-01T00:00:01Z", 10.0), 0.0))
+    h.append(seeded(record("r2", "2026-01-01T00:00:02Z", 61.0), 50.0))
+    result = compare(h)
+    assert result.run_id == "r2" and result.baseline_runs == ["r1"]
+    assert [r.metric for r in result.regressions] == ["latency_p50_ms"]

@@ -231,8 +231,9 @@ def compare(
     used_runs: set[str] = set()
     for rec in latest:
         variant = rec.get("variant", "")
-        key, delay = baseline_key(rec), _delay(rec)
-        base = [b for b in earlier if baseline_key(b) == key and _delay(b) in (0.0, delay)]
+        key = baseline_key(rec)
+        # Clean runs only: an earlier seeded run as baseline would hide the seeded delay of this one.
+        base = [b for b in earlier if baseline_key(b) == key and _delay(b) == 0.0]
         ref_now = _ref(rec)
         for metric, value in sorted(rec["metrics"].items()):
             if not isinstance(value, (int, float)) or isinstance(value, bool):
