@@ -157,16 +157,13 @@ class TTLCache:
     # ---- the mapping -------------------------------------------------------------------
     def get(self, key: Hashable, default: Any = None) -> Any:
         """The value of ``key`` if present and not expired, else ``default``."""
-        try:
-            with self._lock:
-                value = self._hit_locked(key)
-                if value is _MISSING:
-                    self._misses += 1
-                    return default
-                return value
-        except TypeError as exc:
-            _raise_if_unhashable(key, exc)
-            raise
+        _check_key(key)
+        with self._lock:
+            value = self._hit_locked(key)
+            if value is _MISSING:
+                self._misses += 1
+                return default
+            return value
 
     def _hit_locked(self, key: Hashable) -> Any:
         """With the lock held: the live value of ``key`` (counted as a hit, moved to the LRU end), else
@@ -190,19 +187,16 @@ class TTLCache:
                 field="getsizeof", value=size, code="E_CACHE_SIZEOF",
             )
         ttl = self.default_ttl if ttl is None else _check_ttl(ttl, "ttl")
-        try:
-            with self._lock:
-                # Checked under the lock: a concurrent resize() may have lowered the bound since sizing.
-                max_bytes = self._max_bytes
-                if size > max_bytes:
-                    self._refused += 1
-                else:
-                    now = self._timer()
-                    self._store(key, value, size, now + ttl, now)  # an unhashable key fails before any change
-                    return
-        except TypeError as exc:
-            _raise_if_unhashable(key, exc)
-            raise
+        _check_key(key)
+        with self._lock:
+            # Checked under the lock: a concurrent resize() may have lowered the bound since sizing.
+            max_bytes = self._max_bytes
+            if size > max_bytes:
+                self._refused += 1
+            else:
+                now = self._timer()
+                self._store(key, value, size, now + ttl, now)
+                return
         raise ValidationError(
             f"a {type(value).__name__} of {size} bytes is larger than the whole cache ({max_bytes} bytes); "
             "raise max_bytes or do not cache it",
@@ -226,25 +220,19 @@ class TTLCache:
 
     def delete(self, key: Hashable) -> bool:
         """Remove ``key``; whether it was present (expired entries count as absent)."""
-        try:
-            with self._lock:
-                entry = self._data.pop(key, None)
-                if entry is None:
-                    return False
-                self._bytes -= entry[1]
-                return entry[2] > self._timer()
-        except TypeError as exc:
-            _raise_if_unhashable(key, exc)
-            raise
+        _check_key(key)
+        with self._lock:
+            entry = self._data.pop(key, None)
+            if entry is None:
+                return False
+            self._bytes -= entry[1]
+            return entry[2] > self._timer()
 
     def __contains__(self, key: Hashable) -> bool:
-        try:
-            with self._lock:
-                entry = self._data.get(key)
-                return entry is not None and entry[2] > self._timer()
-        except TypeError as exc:
-            _raise_if_unhashable(key, exc)
-            raise
+        _check_key(key)
+        with self._lock:
+            entry = self._data.get(key)
+            return entry is not None and entry[2] > self._timer()
 
     def __len__(self) -> int:
         """Live entries (expired ones are purged first; each is purged once, so this stays cheap)."""
@@ -318,21 +306,18 @@ class TTLCache:
     # ---- compute once ------------------------------------------------------------------
     def _claim(self, key: Hashable) -> tuple[Any, concurrent.futures.Future[Any] | None, bool]:
         """Under the lock: (value, None, False) on a hit, else (None, flight, leader?)."""
-        try:
-            with self._lock:
-                value = self._hit_locked(key)
-                if value is not _MISSING:
-                    return value, None, False
-                flight = self._flights.get(key)
-                if flight is not None:
-                    return None, flight, False  # a waiter: counted by _count_waiter once the leader is done
-                self._misses += 1
-                flight = concurrent.futures.Future()
-                self._flights[key] = flight
-                return None, flight, True
-        except TypeError as exc:
-            _raise_if_unhashable(key, exc)
-            raise
+        _check_key(key)
+        with self._lock:
+            value = self._hit_locked(key)
+            if value is not _MISSING:
+                return value, None, False
+            flight = self._flights.get(key)
+            if flight is not None:
+                return None, flight, False  # a waiter: counted by _count_waiter once the leader is done
+            self._misses += 1
+            flight = concurrent.futures.Future()
+            self._flights[key] = flight
+            return None, flight, True
 
     def _count_waiter(self, flight: concurrent.futures.Future[Any]) -> None:
         """A waiter did not compute: a hit when the leader succeeded, a miss when it failed (it got no value)."""
@@ -450,11 +435,11 @@ async def _wait_flight(flight: concurrent.futures.Future[Any]) -> None:
     await done
 
 
-def _raise_if_unhashable(key: Any, exc: TypeError) -> None:
-    """Turn the TypeError of an unhashable key into a coded ValidationError; other TypeErrors pass through."""
+def _check_key(key: Any) -> None:
+    """A coded ValidationError for an unhashable key, before the lock is taken (hashing a str key is cached)."""
     try:
         hash(key)
-    except TypeError:
+    except TypeError as exc:
         raise ValidationError(f"cache keys must be hashable, got a {type(key).__name__}", field="key",
                               value=repr(key)[:100], code="E_CACHE_KEY") from exc
 

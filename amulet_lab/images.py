@@ -81,9 +81,9 @@ class PreprocessSpec:
 
 def _open_bytes(data: bytes, settings: Settings) -> Image.Image:
     """Open (header only) bytes of an allowed format whose header size is within the limits."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    from amulet_lab.pixels import check_dimensions
+    from amulet_lab.pixels import DECODE_ERRORS, check_dimensions
     from amulet_lab.security import ALLOWED_FORMATS, register_heif, sniff_format
 
     if len(data) == 0:
@@ -101,7 +101,7 @@ def _open_bytes(data: bytes, settings: Settings) -> Image.Image:
         img = Image.open(io.BytesIO(data), formats=[fmt])
     except Image.DecompressionBombError as exc:
         raise SecurityError(f"image header claims too many pixels: {exc}", severity="high", code="E_IMAGE_BOMB") from exc
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+    except DECODE_ERRORS as exc:
         raise ValidationError(
             f"{fmt} image cannot be opened: {type(exc).__name__}: {str(exc)[:200]}", field="image", code="E_IMAGE_FORMAT"
         ) from exc
@@ -121,7 +121,7 @@ def decode(
     """
     from PIL import Image, ImageOps
 
-    from amulet_lab.pixels import check_dimensions, to_rgb
+    from amulet_lab.pixels import DECODE_ERRORS, check_dimensions, to_rgb
 
     if settings is None:
         from amulet_lab.config import get_settings
@@ -162,7 +162,7 @@ def decode(
         img = to_rgb(img)
     except Image.DecompressionBombError as exc:
         raise SecurityError(f"image decodes to too many pixels: {exc}", severity="high", code="E_IMAGE_BOMB") from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # truncated / malformed data surfaces only when pixels are read
+    except DECODE_ERRORS as exc:  # truncated / malformed data surfaces only when pixels are read
         raise ProcessingError(f"could not decode image: {exc}", stage="decode", code="E_IMAGE_DECODE") from exc
     return img
 

@@ -6,6 +6,7 @@ gives the same RGB pixels (and the same refusal) whichever path decoded it.
 
 from __future__ import annotations
 
+import struct
 from typing import TYPE_CHECKING
 
 from amulet_lab.errors import SecurityError, ValidationError
@@ -13,7 +14,12 @@ from amulet_lab.errors import SecurityError, ValidationError
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["to_rgb", "check_dimensions"]
+__all__ = ["to_rgb", "check_dimensions", "DECODE_ERRORS"]
+
+#: What Pillow raises on malformed or truncated image data, while opening or decoding (its
+#: ``UnidentifiedImageError`` is an ``OSError``; ``struct.error`` comes from short header fields).
+#: Every decoder catches exactly these, so one broken file gets one kind of coded refusal everywhere.
+DECODE_ERRORS: tuple[type[Exception], ...] = (OSError, ValueError, SyntaxError, EOFError, struct.error)
 
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 

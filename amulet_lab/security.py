@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Union
 
 from amulet_lab.errors import SecurityError, ValidationError
-from amulet_lab.pixels import check_dimensions, to_rgb
+from amulet_lab.pixels import DECODE_ERRORS, check_dimensions, to_rgb
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -359,7 +359,7 @@ def validate_image(
         image = Image.open(io.BytesIO(raw), formats=[fmt])
     except Image.DecompressionBombError as exc:  # Pillow's own (looser) limit tripped while reading the header
         raise _hostile(f"image header claims too many pixels: {exc}", "E_IMAGE_BOMB", shown) from exc
-    except (OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
+    except DECODE_ERRORS as exc:
         raise _decode_error(exc, fmt, shown, "open") from exc
     # No ``with``: closing would free the pixels, and the BytesIO holds no OS resource.
     width, height = image.size
@@ -377,7 +377,7 @@ def validate_image(
         rgb = to_rgb(image)
     except Image.DecompressionBombError as exc:
         raise _hostile(f"image decodes to too many pixels: {exc}", "E_IMAGE_BOMB", shown) from exc
-    except (OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
+    except DECODE_ERRORS as exc:
         raise _decode_error(exc, fmt, shown, "decode") from exc
     return ValidatedImage(rgb, fmt, rgb.width, rgb.height, len(raw), hashlib.sha256(raw).hexdigest())
 

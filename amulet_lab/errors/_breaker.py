@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from amulet_lab.errors._exceptions import CircuitOpenError, ValidationError
+from amulet_lab.errors._exceptions import CircuitOpenError, ValidationError, _exception_kinds
 
 __all__ = ["CircuitBreaker"]
 
@@ -30,15 +30,6 @@ log = logging.getLogger("amulet_lab.errors")
 F = TypeVar("F", bound=Callable[..., Any])
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
-
-
-def _kinds(kinds: Any, field: str) -> tuple[type[BaseException], ...]:
-    """``kinds`` (one exception class or a tuple of them) as a tuple, or a ``ValidationError``."""
-    out = tuple(kinds) if isinstance(kinds, (tuple, list)) else (kinds,)
-    if not all(isinstance(k, type) and issubclass(k, BaseException) for k in out):
-        raise ValidationError(f"{field} must be an exception class or a tuple of them, got {kinds!r}",
-                              field=field, value=repr(kinds))
-    return out
 
 
 class CircuitBreaker:
@@ -82,7 +73,7 @@ class CircuitBreaker:
                     field="min_calls",
                     value=min_calls,
                 )
-        count, exclude = _kinds(count, "count"), _kinds(exclude, "exclude")
+        count, exclude = _exception_kinds(count, "count"), _exception_kinds(exclude, "exclude")
         if not callable(timer):
             raise ValidationError("timer must be a callable returning seconds", field="timer", value=repr(timer))
         self.name = name

@@ -72,6 +72,18 @@ class AmuletError(Exception):
         return f"{type(self).__name__}(code={self.code!r}, message={self.message!r})"
 
 
+def _exception_kinds(kinds: Any, field: str) -> tuple[type[BaseException], ...]:
+    """``kinds`` (None, one exception class, or a tuple or list of them) as a tuple, else a ``ValidationError``.
+
+    Shared by ``retry_on_failure(retry_on=...)`` and ``CircuitBreaker(count=..., exclude=...)``.
+    """
+    out = () if kinds is None else tuple(kinds) if isinstance(kinds, (tuple, list)) else (kinds,)
+    if not all(isinstance(k, type) and issubclass(k, BaseException) for k in out):
+        raise ValidationError(f"{field} must be an exception class or a tuple of them, got {kinds!r}",
+                              field=field, value=repr(kinds))
+    return out
+
+
 def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from amulet_lab.errors._exceptions import AmuletError, NetworkError, ValidationError
+from amulet_lab.errors._exceptions import AmuletError, NetworkError, ValidationError, _exception_kinds
 
 __all__ = ["RetryPolicy", "retry_on_failure", "set_testing", "is_testing"]
 
@@ -71,14 +71,7 @@ class RetryPolicy:
                 field="retry_on_failure",
                 value=(self.max_retries, self.delay, self.backoff, self.max_delay),
             )
-        if not isinstance(self.retry_on, tuple) or not all(
-            isinstance(k, type) and issubclass(k, BaseException) for k in self.retry_on
-        ):
-            raise ValidationError(
-                f"retry_on must be an exception class or a tuple of them, got {self.retry_on!r}",
-                field="retry_on",
-                value=repr(self.retry_on),
-            )
+        object.__setattr__(self, "retry_on", _exception_kinds(self.retry_on, "retry_on"))  # frozen: set once here
 
     def is_transient(self, exc: BaseException) -> bool:
         """Whether ``exc`` is worth another attempt."""
@@ -163,13 +156,7 @@ def retry_on_failure(
     retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
 ) -> Callable[[F], F]:
     """Retry transient failures (network, timeouts, retryable AmuletErrors) with backoff; sync or async."""
-    if retry_on is None:
-        extra: tuple[type[BaseException], ...] = ()
-    elif isinstance(retry_on, (tuple, list)):
-        extra = tuple(retry_on)
-    else:
-        extra = (retry_on,)
-    policy = RetryPolicy(max_retries, delay, backoff, max_delay, jitter, extra)
+    policy = RetryPolicy(max_retries, delay, backoff, max_delay, jitter, _exception_kinds(retry_on, "retry_on"))
 
     def decorate(fn: F) -> F:
         if not callable(fn):

@@ -11,20 +11,13 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from amulet_lab.errors import MemoryBudgetExceeded, ValidationError
-from amulet_lab.memory._sampling import MB, RssSampler
+from amulet_lab.memory._sampling import MB, RssSampler, check_interval
 
 __all__ = ["memory_limit_context", "memory_efficient_operation"]
 
 logger = logging.getLogger("amulet_lab.memory")
 F = TypeVar("F", bound=Callable[..., Any])
 _SAMPLES_AFTER_FIRING = 50
-
-
-def _check_interval(interval_s: Any) -> None:
-    """Refuse a sampling interval that is not a positive number (at construction, not at first use)."""
-    if isinstance(interval_s, bool) or not isinstance(interval_s, (int, float)) or not interval_s > 0:
-        raise ValidationError("interval_s must be a positive number", field="interval_s", value=interval_s,
-                              code="E_INTERVAL")
 
 
 def _set_async_exc(thread_id: int, exc_class: type[BaseException] | None) -> int:
@@ -60,7 +53,7 @@ class memory_limit_context:  # noqa: N801 - used like a function: ``with memory_
         if not isinstance(limit_mb, (int, float)) or isinstance(limit_mb, bool) or not limit_mb > 0:
             raise ValidationError("limit_mb must be a positive number", field="limit_mb", value=limit_mb,
                                   code="E_MEMORY_LIMIT")
-        _check_interval(interval_s)
+        check_interval(interval_s)  # at construction, not at first use
         self.limit_mb = float(limit_mb)
         self.interval_s = interval_s
         self._process = process
@@ -152,7 +145,7 @@ def memory_efficient_operation(name: str, *, interval_s: float = 0.005) -> Calla
     """
     if not isinstance(name, str) or not name:
         raise ValidationError("name must be a non-empty string", field="name", value=name, code="E_OPERATION_NAME")
-    _check_interval(interval_s)
+    check_interval(interval_s)  # at construction, not at first use
 
     def decorate(fn: F) -> F:
         if inspect.iscoroutinefunction(fn):

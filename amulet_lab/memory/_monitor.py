@@ -18,7 +18,7 @@ import psutil
 
 from amulet_lab.display import html_table
 from amulet_lab.errors import ValidationError
-from amulet_lab.memory._sampling import MB, current_process
+from amulet_lab.memory._sampling import MB, check_interval, current_process
 
 if TYPE_CHECKING:
     from amulet_lab.config import Settings
@@ -339,8 +339,7 @@ class MemoryMonitor:
 
     def start(self, interval_s: float = 5.0) -> MemoryMonitor:
         """Check pressure every ``interval_s`` seconds in a daemon thread until ``stop()``; no-op if running."""
-        if not interval_s > 0:
-            raise ValidationError("interval_s must be > 0", field="interval_s", value=interval_s, code="E_INTERVAL")
+        check_interval(interval_s)
         with self._lock:
             if self.running:
                 return self

@@ -11,12 +11,20 @@ import psutil
 
 from amulet_lab.errors import ValidationError
 
-__all__ = ["MB", "RssSampler", "current_process", "rss_bytes"]
+__all__ = ["MB", "RssSampler", "check_interval", "current_process", "rss_bytes"]
 
 MB = 1024 * 1024
 
 _process: psutil.Process | None = None
 _process_lock = threading.Lock()
+
+
+def check_interval(interval_s: Any) -> float:
+    """``interval_s`` as a float when it is a positive number of seconds, else a ``ValidationError`` (E_INTERVAL)."""
+    if isinstance(interval_s, bool) or not isinstance(interval_s, (int, float)) or not interval_s > 0:
+        raise ValidationError("interval_s must be a positive number of seconds", field="interval_s", value=interval_s,
+                              code="E_INTERVAL")
+    return float(interval_s)
 
 
 def current_process() -> psutil.Process:
@@ -49,9 +57,7 @@ class RssSampler:
         on_sample: Callable[[int], bool | None] | None = None,
         timer: Callable[[], float] = time.perf_counter,
     ) -> None:
-        if not interval_s > 0:
-            raise ValidationError("interval_s must be > 0", field="interval_s", value=interval_s, code="E_INTERVAL")
-        self.interval_s = float(interval_s)
+        self.interval_s = check_interval(interval_s)
         self._process = process or current_process()
         self._on_sample = on_sample
         self._timer = timer

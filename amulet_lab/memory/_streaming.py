@@ -6,14 +6,13 @@ import contextlib
 import io
 import mmap
 import os
-import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from amulet_lab.errors import ProcessingError, SecurityError, ValidationError
 from amulet_lab.files import existing_file, hash_stream
-from amulet_lab.pixels import check_dimensions, to_rgb
+from amulet_lab.pixels import DECODE_ERRORS, check_dimensions, to_rgb
 
 if TYPE_CHECKING:
     from amulet_lab.config import Settings
@@ -86,7 +85,7 @@ class StreamingHandler:
         than AMULET_MAX_IMAGE_PIXELS is a ``SecurityError`` E_IMAGE_BOMB) and the pixels become RGB by
         ``amulet_lab.pixels.to_rgb``, exactly as in ``security.validate_image``.
         """
-        from PIL import Image, ImageOps, UnidentifiedImageError
+        from PIL import Image, ImageOps
 
         if not isinstance(max_side, int) or max_side < 1:
             raise ValidationError("max_side must be a positive int", field="max_side", value=max_side,
@@ -110,7 +109,7 @@ class StreamingHandler:
             except Image.DecompressionBombError as exc:  # Pillow's own (looser) limit tripped on the header
                 raise SecurityError(f"image header claims too many pixels: {exc}", severity="high",
                                     code="E_IMAGE_BOMB") from exc
-            except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
+            except DECODE_ERRORS as exc:
                 raise ValidationError("not a recognised image", field="data_or_path", code="E_IMAGE_FORMAT") from exc
             width, height = image.size
             check_dimensions(width, height, max_side=self.settings.max_image_side,
@@ -128,7 +127,7 @@ class StreamingHandler:
             except Image.DecompressionBombError as exc:
                 raise SecurityError(f"image decodes to too many pixels: {exc}", severity="high",
                                     code="E_IMAGE_BOMB") from exc
-            except (OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
+            except DECODE_ERRORS as exc:
                 raise ProcessingError(f"could not decode image: {exc}", stage="decode") from exc
         image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
         return image
