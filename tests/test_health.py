@@ -17,7 +17,7 @@ GB = 1024**3
 
 def monitor_at(settings, used_fraction: float) -> MemoryMonitor:
     vm = SimpleNamespace(total=8 * GB, available=int(8 * GB * (1 - used_fraction)))
-    return MemoryMonitor(settings, virtual_memory=lambda: vm, builtin_responders=False)
+    return MemoryMonitor.from_settings(settings, virtual_memory=lambda: vm, builtin_responders=False)
 
 
 def test_api_metrics_count_only_http_operations():

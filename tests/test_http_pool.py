@@ -98,7 +98,7 @@ def test_connections_are_reused_and_requests_recorded(server, settings):
     mon = PerformanceMonitor()
 
     async def main():
-        async with HttpPool(url, settings=settings, monitor=mon, trust_env=False) as pool:
+        async with HttpPool.from_settings(base_url=url, settings=settings, monitor=mon, trust_env=False) as pool:
             for i in range(10):
                 r = await pool.get(f"/item/{i}")
                 assert r.status_code == 200 and r.text == f"ok /item/{i}"
@@ -119,7 +119,7 @@ def test_the_connection_limit_from_settings_is_enforced(server, settings, limit)
     url, state = server
 
     async def main():
-        async with HttpPool(url, settings=settings.replace(connection_pool_size=limit),
+        async with HttpPool.from_settings(base_url=url, settings=settings.replace(connection_pool_size=limit),
                             monitor=PerformanceMonitor(), trust_env=False) as pool:
             responses = await asyncio.gather(*(pool.get(f"/c/{i}") for i in range(8)))  # 8 at once
             return [r.status_code for r in responses], pool.stats()
@@ -134,7 +134,7 @@ def test_a_slow_answer_times_out_as_a_network_error(server, settings):
     mon = PerformanceMonitor()
 
     async def main():
-        async with HttpPool(url, settings=settings.replace(http_timeout=0.2), monitor=mon, trust_env=False) as pool:
+        async with HttpPool.from_settings(base_url=url, settings=settings.replace(http_timeout=0.2), monitor=mon, trust_env=False) as pool:
             with pytest.raises(NetworkError) as err:
                 await pool.get("/slow")
             return err.value, pool.stats()
@@ -150,7 +150,7 @@ def test_a_new_pool_per_request_opens_a_connection_each_time(server, settings):
     async def main():
         opened = 0
         for _ in range(3):
-            async with HttpPool(url, settings=settings, monitor=PerformanceMonitor(), trust_env=False) as pool:
+            async with HttpPool.from_settings(base_url=url, settings=settings, monitor=PerformanceMonitor(), trust_env=False) as pool:
                 await pool.get("/x")
                 opened += pool.stats()["connections_opened"]
         return opened
@@ -165,7 +165,7 @@ def test_retry_on_503_then_success(server, settings, caplog):
     mon = PerformanceMonitor()
 
     async def main():
-        async with HttpPool(url, settings=settings, retry=RetryPolicy(max_retries=3, delay=0.0), monitor=mon,
+        async with HttpPool.from_settings(base_url=url, settings=settings, retry=RetryPolicy(max_retries=3, delay=0.0), monitor=mon,
                             trust_env=False) as pool:
             r = await pool.get("/flaky")
             return r, pool.stats()
@@ -183,7 +183,7 @@ def test_503_without_retry_or_after_retries_is_a_network_error(server, settings)
     mon = PerformanceMonitor()
 
     async def main():
-        async with HttpPool(url, settings=settings, retry=2, monitor=mon, trust_env=False) as pool:
+        async with HttpPool.from_settings(base_url=url, settings=settings, retry=2, monitor=mon, trust_env=False) as pool:
             with pytest.raises(NetworkError) as err:
                 await pool.get("/down")
             assert err.value.code == "E_HTTP_UNAVAILABLE" and err.value.context["status"] == 503
@@ -201,7 +201,7 @@ def test_breaker_opens_after_repeated_failures(server, settings):
     breaker = CircuitBreaker(failure_threshold=3, timeout=60, name="upstream")
 
     async def main():
-        async with HttpPool(url, settings=settings, breaker=breaker, monitor=PerformanceMonitor(),
+        async with HttpPool.from_settings(base_url=url, settings=settings, breaker=breaker, monitor=PerformanceMonitor(),
                             trust_env=False) as pool:
             for _ in range(3):
                 with pytest.raises(NetworkError):
@@ -223,7 +223,7 @@ def test_connect_error_is_retried_and_converted(settings):
         port = s.getsockname()[1]
 
     async def main():
-        async with HttpPool(f"http://127.0.0.1:{port}", settings=settings, retry=RetryPolicy(max_retries=2, delay=0),
+        async with HttpPool.from_settings(base_url=f"http://127.0.0.1:{port}", settings=settings, retry=RetryPolicy(max_retries=2, delay=0),
                             monitor=PerformanceMonitor(), trust_env=False) as pool:
             with pytest.raises(NetworkError) as err:
                 await pool.post("/x", content=b"1")  # a connect error is safe to retry even for POST
@@ -236,14 +236,14 @@ def test_connect_error_is_retried_and_converted(settings):
 def test_validation_and_closed_pool(server, settings):
     url, _ = server
     with pytest.raises(ValidationError):
-        HttpPool(url, settings=settings, max_connections=0)
+        HttpPool(url, max_connections=0)
     with pytest.raises(ValidationError):
-        HttpPool(url, settings=settings, timeout=-1)
+        HttpPool(url, timeout=-1)
     with pytest.raises(ValidationError):
-        HttpPool(url, settings=settings, retry="yes")
+        HttpPool(url, retry="yes")
 
     async def main():
-        pool = HttpPool(url, settings=settings.replace(connection_pool_size=2, http_timeout=3.0),
+        pool = HttpPool.from_settings(base_url=url, settings=settings.replace(connection_pool_size=2, http_timeout=3.0),
                         monitor=PerformanceMonitor(), trust_env=False)
         assert pool.stats()["state"] == "new" and pool.max_connections == 2 and pool.timeout == 3.0
         with pytest.raises(ValidationError):

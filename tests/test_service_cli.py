@@ -50,7 +50,7 @@ def test_serve_and_load_parsers_have_loopback_and_bounded_defaults():
 
 @pytest.fixture
 def no_server(monkeypatch):
-    """Fail the test if ``run_load`` tries to start a service."""
+    """Fail the test if ``amulet-lab load`` tries to start a service."""
     from amulet_lab.service import server
 
     def refuse(*args, **kwargs):
@@ -85,7 +85,10 @@ def test_load_functions_validate_their_arguments(no_server):
     assert info.value.field == "tokens"
     for kwargs in ({"clients": 2.5}, {"clients": True}, {"warmup_s": -1}, {"images": []}):
         with pytest.raises(ValidationError):
-            run_load(None, **{"duration_s": 1, "clients": 1, "images": [b"x"], **kwargs})
+            run_load("http://127.0.0.1:9", **{"duration_s": 1, "clients": 1, "images": [b"x"], **kwargs})
+    with pytest.raises(ValidationError) as no_url:  # a service is started by the caller (the CLI), never here
+        run_load(None, duration_s=1, clients=1, images=[b"x"])  # type: ignore[arg-type]
+    assert no_url.value.field == "url"
 
 
 @pytest.mark.parametrize("port", ["70000", "-1"])

@@ -366,7 +366,7 @@ def test_async_safe_dict_update_with_coroutine():
 
 
 def test_thread_pool_manager_named_pools_stats_and_shutdown(settings):
-    manager = ThreadPoolManager(settings.replace(thread_pool_size=3))
+    manager = ThreadPoolManager.from_settings(settings.replace(thread_pool_size=3))
     assert manager.get_pool("decode")._max_workers == 3
     assert manager.map("decode", lambda x: x * x, range(10)) == [x * x for x in range(10)]
     failing = manager.submit("decode", lambda: 1 / 0)
@@ -382,11 +382,13 @@ def test_thread_pool_manager_named_pools_stats_and_shutdown(settings):
         manager.submit("decode", print)
     assert info.value.code == "E_POOL_SHUTDOWN"
     with pytest.raises(ValidationError):
-        ThreadPoolManager(settings).get_pool("x", max_workers=0)
+        ThreadPoolManager().get_pool("x", max_workers=0)
+    with pytest.raises(ValidationError):
+        ThreadPoolManager(0)
 
 
 def test_submit_after_an_executor_shut_down_and_map_cancels_the_rest_after_an_error(settings):
-    manager = ThreadPoolManager(settings)
+    manager = ThreadPoolManager()
     manager.get_pool("gone").shutdown()  # as if shutdown() ran between the manager's check and submit
     with pytest.raises(ProcessingError) as info:
         manager.submit("gone", print)

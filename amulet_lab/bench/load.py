@@ -1,12 +1,12 @@
-"""A bounded closed-loop load test of the HTTP service on loopback.
+"""A bounded closed-loop load test of an HTTP service, by URL.
 
 ``clients`` concurrent clients each send ``POST /predict`` back to back for ``duration_s``
 seconds through one ``amulet_lab.perf.HttpPool`` (retry on connect errors, circuit breaker).
-Each client has its own token, so each has its own rate-limit bucket; a 429 is honoured
-(the client waits ``Retry-After``, bounded by the end of the run) and counted, not lost.
+With one token per client (``tokens``), each client has its own rate-limit bucket; a 429 is
+honoured (the client waits ``Retry-After``, bounded by the end of the run) and counted, not lost.
 
-Without ``url`` a service is started for the run in a child process (``ServerProcess``)
-with a fresh secret key and a rate limit the clients stay under, and stopped afterwards.
+This module only talks to a service at a URL: starting one for the run, and issuing its tokens,
+is the caller's job (``amulet-lab load`` does both when given no ``--url``).
 
 A request is *lost* when it got no HTTP answer at all (transport failure after the retries,
 or the breaker refused it). The run passes when nothing was lost and no answer was a 5xx.
@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
-import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -26,10 +25,9 @@ from typing import Any
 
 from amulet_lab.bench.aio import run_sync
 from amulet_lab.bench.stats import percentile
-from amulet_lab.config import Settings, get_settings
 from amulet_lab.errors import CircuitBreaker, RetryPolicy, ValidationError
 
-__all__ = ["LoadResult", "run_load", "arun_load", "sample_images"]
+__all__ = ["LoadResult", "run_load", "arun_load", "sample_images", "check_load_args"]
 
 
 @dataclasses.dataclass
@@ -119,7 +117,7 @@ def sample_images(root: str | Path | None = None, *, limit: int = 32) -> list[by
     return load_images(root, limit=limit, seed=None)
 
 
-def _check_run(duration_s: float, clients: int, warmup_s: float = 0.0) -> None:
+def check_load_args(duration_s: float, clients: int, warmup_s: float = 0.0) -> None:
     """``ValidationError`` unless 0 < duration_s <= 3600, clients is an int >= 1 and 0 <= warmup_s <= 60."""
     if isinstance(duration_s, bool) or not isinstance(duration_s, (int, float)) or not 0 < duration_s <= 3600:
         raise ValidationError("duration_s must be a number in (0, 3600]", field="duration_s", value=duration_s)
@@ -136,16 +134,15 @@ async def arun_load(
     duration_s: float = 30.0,
     clients: int = 8,
     tokens: Sequence[str | None] | None = None,
-    settings: Settings | None = None,
     timer: Callable[[], float] = time.perf_counter,
 ) -> LoadResult:
-    """Drive ``url`` with ``clients`` closed-loop clients for ``duration_s`` seconds."""
+    """Drive ``url`` with ``clients`` closed-loop clients for ``duration_s`` s (client ``i`` sends ``tokens[i % n]``)."""
     from amulet_lab.bench.http_client import bearer_headers, post_predict
     from amulet_lab.perf import HttpPool, PerformanceMonitor
 
     if not images:
         raise ValidationError("need at least one image to send", field="images", value=0)
-    _check_run(duration_s, clients)
+    check_load_args(duration_s, clients)
     tokens = list(tokens) if tokens is not None else [None] * clients
     if not tokens:
         raise ValidationError("tokens must be None or hold at least one entry (None: no token)", field="tokens", value=0)
@@ -156,7 +153,6 @@ async def arun_load(
     breaker = CircuitBreaker(failure_threshold=10, timeout=2.0, name="load")
     pool = HttpPool(
         url.rstrip("/"),
-        settings=settings,
         max_connections=clients,
         timeout=30.0,
         retry=RetryPolicy(max_retries=2, delay=0.05, max_delay=0.5),
@@ -214,28 +210,24 @@ async def arun_load(
 
 
 def run_load(
-    url: str | None = None,
+    url: str,
     *,
     duration_s: float = 30.0,
     clients: int = 8,
     image_path: str | Path | None = None,
     images: Sequence[bytes] | None = None,
-    token: str | None = None,
-    settings: Settings | None = None,
-    server_env: dict[str, str] | None = None,
-    cold_cache: bool = False,
-    warmup_s: float = 0.5,
+    tokens: Sequence[str | None] | None = None,
+    warmup_s: float = 0.0,
 ) -> LoadResult:
-    """Run a load test against ``url``, or against a service started for the run when ``url`` is None.
+    """Run a load test against the service at ``url`` (``tokens``: one bearer token per client, or None).
 
-    Works from a notebook cell too (a running event loop): see ``amulet_lab.bench.aio.run_sync``.
-
-    ``cold_cache`` (started service only) shrinks its image cache to one entry, so the rotating sample
-    images miss it and every request pays for decoding, preprocessing and inference.
+    ``warmup_s`` seconds of one client go first and are not counted (the first predictions of a fresh
+    service pay for lazy initialisation). Works from a notebook cell too (a running event loop): see
+    ``amulet_lab.bench.aio.run_sync``.
     """
-    # Checked before anything starts: a bad argument must not cost a server start-up first.
-    _check_run(duration_s, clients, warmup_s)
-    settings = settings or get_settings()
+    check_load_args(duration_s, clients, warmup_s)
+    if not isinstance(url, str) or not url.strip():
+        raise ValidationError("url must be the base URL of a running service", field="url", value=url)
     if images is None:
         if image_path:
             from amulet_lab.files import existing_file
@@ -245,41 +237,8 @@ def run_load(
             images = sample_images()
     if not images:
         raise ValidationError("need at least one image to send", field="images", value=0)
-    if url is not None:
-        if token:
-            tokens: list[str | None] = [token]
-        elif settings.secret_key:
-            from amulet_lab.service.auth import issue_token
-
-            tokens = [issue_token(f"load-{i}", 3600, settings) for i in range(clients)]
-        else:
-            tokens = [None]
-        return run_sync(lambda: arun_load(url, images, duration_s=duration_s, clients=clients, tokens=tokens,
-                                          settings=settings))
-
-    from amulet_lab.service.auth import issue_token
-    from amulet_lab.service.server import ServerProcess
-
-    secret = secrets.token_urlsafe(32)
-    env = {
-        "AMULET_SECRET_KEY": secret,
-        "AMULET_DEBUG": "false",
-        "AMULET_REQUIRE_AUTH": "true",
-        # Every client has its own bucket; the limit sits well above what one client can send, so the
-        # run measures the service, not the limiter (the limiter has its own tests).
-        "AMULET_RATE_LIMIT_PER_MINUTE": "600000",
-        "AMULET_RATE_LIMIT_BURST": "10000",
-        "AMULET_LOG_LEVEL": "WARNING",
-        **({"AMULET_MODEL_PATH": settings.model_path} if settings.model_path else {}),
-        **({"AMULET_IMAGE_CACHE_SIZE": "1"} if cold_cache else {}),
-        **(server_env or {}),
-    }
-    client_settings = settings.replace(secret_key=env["AMULET_SECRET_KEY"])
-    tokens = [issue_token(f"load-{i}", 3600, client_settings) for i in range(clients)]
-    with ServerProcess(env, wait_ready=True, startup_timeout=120.0) as server:
-        if warmup_s > 0:
-            # The first predictions pay for lazy initialisation; they are not part of the figures.
-            run_sync(lambda: arun_load(server.url, images[:1], duration_s=warmup_s, clients=1, tokens=tokens[:1],
-                                       settings=settings))
-        return run_sync(lambda: arun_load(server.url, images, duration_s=duration_s, clients=clients, tokens=tokens,
-                                          settings=settings))
+    sent = list(tokens) if tokens is not None else None
+    if warmup_s > 0:
+        first = sent[:1] if sent is not None else None
+        run_sync(lambda: arun_load(url, images[:1], duration_s=warmup_s, clients=1, tokens=first))
+    return run_sync(lambda: arun_load(url, images, duration_s=duration_s, clients=clients, tokens=sent))

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import secrets
+from collections.abc import Iterator
 
 from amulet_lab.config import Settings
 
@@ -36,19 +39,62 @@ def _token(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _load(args: argparse.Namespace, settings: Settings) -> int:
-    from amulet_lab.bench.load import run_load
+    from amulet_lab.bench.load import check_load_args, run_load, sample_images
+    from amulet_lab.files import existing_file
 
-    result = run_load(
-        args.url,
-        duration_s=args.duration,
-        clients=args.clients,
-        image_path=args.image,
-        token=args.token,
-        settings=settings,
-        cold_cache=args.cold,
-    )
+    warmup_s = 0.5 if args.url is None else 0.0
+    # Checked before anything starts: a bad argument must not cost a server start-up first.
+    check_load_args(args.duration, args.clients, warmup_s)
+    images = [existing_file(args.image, field="image_path").read_bytes()] if args.image else sample_images()
+    run = dict(duration_s=args.duration, clients=args.clients, images=images, warmup_s=warmup_s)
+    if args.url is not None:
+        result = run_load(args.url, tokens=_client_tokens(args.token, args.clients, settings), **run)
+    else:
+        with _service_for_load(settings, args.clients, cold_cache=args.cold) as (url, tokens):
+            result = run_load(url, tokens=tokens, **run)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.to_text())
     return 0 if result.passed else 1
+
+
+def _client_tokens(token: str | None, clients: int, settings: Settings) -> list[str | None] | None:
+    """The tokens for a given service: ``--token`` for every client, else one per client signed with the key."""
+    if token:
+        return [token]
+    if settings.secret_key:
+        from amulet_lab.service.auth import issue_token
+
+        return [issue_token(f"load-{i}", 3600, settings) for i in range(clients)]
+    return None
+
+
+@contextlib.contextmanager
+def _service_for_load(settings: Settings, clients: int, *,
+                      cold_cache: bool = False) -> Iterator[tuple[str, list[str | None]]]:
+    """A service in a child process for one load run: (its URL, one token per client), stopped afterwards.
+
+    It gets a fresh secret key and a rate limit the clients stay under; ``cold_cache`` shrinks its image
+    cache to one entry, so the rotating sample images miss it and every request pays for decoding,
+    preprocessing and inference.
+    """
+    from amulet_lab.service.auth import issue_token
+    from amulet_lab.service.server import ServerProcess
+
+    env = {
+        "AMULET_SECRET_KEY": secrets.token_urlsafe(32),
+        "AMULET_DEBUG": "false",
+        "AMULET_REQUIRE_AUTH": "true",
+        # Every client has its own bucket; the limit sits well above what one client can send, so the
+        # run measures the service, not the limiter (the limiter has its own tests).
+        "AMULET_RATE_LIMIT_PER_MINUTE": "600000",
+        "AMULET_RATE_LIMIT_BURST": "10000",
+        "AMULET_LOG_LEVEL": "WARNING",
+        **({"AMULET_MODEL_PATH": settings.model_path} if settings.model_path else {}),
+        **({"AMULET_CACHE_MAX_SIZE": "0"} if cold_cache else {}),  # 0: no prediction cache
+    }
+    client_settings = settings.replace(secret_key=env["AMULET_SECRET_KEY"])
+    tokens: list[str | None] = [issue_token(f"load-{i}", 3600, client_settings) for i in range(clients)]
+    with ServerProcess(env, wait_ready=True, startup_timeout=120.0) as server:
+        yield server.url, tokens
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

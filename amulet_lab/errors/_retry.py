@@ -9,7 +9,6 @@ differs.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import logging
@@ -115,6 +114,8 @@ class RetryPolicy:
 
     async def arun(self, fn: Callable[..., Any], *args: Any, name: str | None = None, **kwargs: Any) -> Any:
         """Await ``fn(*args, **kwargs)``, retrying transient failures; the async twin of ``run``."""
+        import asyncio  # here, not at the top: ``import amulet_lab.errors`` must not load asyncio
+
         started = time.monotonic()
         attempt = 1
         while True:

@@ -1,7 +1,8 @@
 """Memory: usage and pressure monitoring, garbage collection, streaming of large files, memory budgets.
 
 ``memory_monitor``, ``gc_manager`` and ``streaming_handler`` are process-wide instances created on first
-use (module ``__getattr__``); importing this package starts nothing and reads no settings.
+use (module ``__getattr__``) from the documented defaults; importing this package starts nothing and
+reads no settings (an edge that wants AMULET_* values builds its own, e.g. ``MemoryMonitor.from_settings``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from amulet_lab.memory._monitor import (
     GCManager,
     MemoryMonitor,
     MemoryUsage,
+    default_gc_manager,
     gc_responder,
     image_cache_responder,
     shrink_caches_responder,
@@ -57,7 +59,7 @@ def _make(name: str) -> Any:
         monitor.register_responder(gc_responder)
         return monitor
     if name == "gc_manager":
-        return GCManager()
+        return default_gc_manager()  # the one gc_responder uses
     return StreamingHandler()
 
 

@@ -42,6 +42,11 @@ _RANK = {name: rank for rank, name in enumerate(LEVELS)}
 #: A responder: called with the new level and the pressure check that raised it.
 Responder = Callable[[str, dict[str, Any]], Any]
 
+#: The documented defaults (``amulet_lab.config.VARIABLES``) of the plain-value constructors below.
+DEFAULT_WARNING_THRESHOLD = 0.8
+DEFAULT_CRITICAL_THRESHOLD = 0.9
+DEFAULT_SHRINK_FRACTION = 0.5
+
 
 @dataclasses.dataclass(frozen=True)
 class MemoryUsage:
@@ -128,28 +133,34 @@ class GCManager:
         return f"GCManager(runs={self.runs}, total_collected={self.total_collected})"
 
 
+_gc_manager: GCManager | None = None
+_gc_manager_lock = threading.Lock()
+
+
+def default_gc_manager() -> GCManager:
+    """The process-wide ``GCManager`` (``amulet_lab.memory.gc_manager``), created on first use."""
+    global _gc_manager
+    with _gc_manager_lock:
+        if _gc_manager is None:
+            _gc_manager = GCManager()
+        return _gc_manager
+
+
 def gc_responder(level: str, check: dict[str, Any], *, manager: GCManager | None = None) -> dict[str, Any]:
     """Built-in responder: a full garbage collection (``GCManager.perform_cleanup``)."""
-    from amulet_lab.memory import gc_manager
-
-    return (manager or gc_manager).perform_cleanup()
+    return (manager or default_gc_manager()).perform_cleanup()
 
 
-def shrink_caches_responder(caches: Iterable[Any], fraction: float | None = None, *,
-                            settings: Settings | None = None) -> Responder:
-    """A responder calling ``.shrink(fraction)`` on each cache (default fraction: AMULET_CACHE_SHRINK_FRACTION)."""
+def shrink_caches_responder(caches: Iterable[Any], fraction: float | None = None) -> Responder:
+    """A responder calling ``.shrink(fraction)`` on each cache (None: AMULET_CACHE_SHRINK_FRACTION's default, 0.5)."""
     caches = list(caches)
+    if fraction is None:
+        fraction = DEFAULT_SHRINK_FRACTION
     for cache in caches:
         if not callable(getattr(cache, "shrink", None)):
             raise ValidationError(f"{type(cache).__name__} has no shrink(fraction) method", field="caches",
                                   value=type(cache).__name__, code="E_NOT_SHRINKABLE")
-    if fraction is None:
-        if settings is None:
-            from amulet_lab.config import get_settings
-
-            settings = get_settings()
-        fraction = settings.cache_shrink_fraction
-    if not 0 <= fraction <= 1:
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
         raise ValidationError("fraction must be within 0..1", field="fraction", value=fraction, code="E_FRACTION")
 
     def shrink_caches(level: str, check: dict[str, Any]) -> dict[str, int]:
@@ -159,12 +170,11 @@ def shrink_caches_responder(caches: Iterable[Any], fraction: float | None = None
     return shrink_caches
 
 
-def image_cache_responder(level: str, check: dict[str, Any], *, settings: Settings | None = None
-                          ) -> dict[str, int]:
+def image_cache_responder(level: str, check: dict[str, Any], *, fraction: float | None = None) -> dict[str, int]:
     """Built-in responder of the process monitor: shrinks the process image cache if one exists (never creates it).
 
-    The share dropped is ``settings.cache_shrink_fraction`` when ``settings`` is given, else the one the
-    monitor put in ``check`` (its own settings), else the process settings.
+    The share dropped is ``fraction`` when given, else the one the monitor put in ``check`` (its own
+    ``cache_shrink_fraction``), else the default.
     """
     if "amulet_lab.cache" not in sys.modules:
         return {}  # nothing imported the cache module: there is no cache to shrink
@@ -173,11 +183,9 @@ def image_cache_responder(level: str, check: dict[str, Any], *, settings: Settin
     cache = peek_image_cache()
     if cache is None:
         return {}
-    if settings is not None:
-        fraction = settings.cache_shrink_fraction
-    else:
+    if fraction is None:
         fraction = check.get("cache_shrink_fraction")
-    return shrink_caches_responder([cache], fraction, settings=settings)(level, check)
+    return shrink_caches_responder([cache], fraction)(level, check)
 
 
 class MemoryMonitor:
@@ -185,28 +193,40 @@ class MemoryMonitor:
 
     Basis of the level: ``score = max(system_used_fraction, process_budget_fraction)`` where
     ``system_used_fraction = (total - available) / total`` of the machine, and
-    ``process_budget_fraction = RSS / AMULET_MEMORY_BUDGET_MB`` (only when a budget is set). The level is
-    ``critical`` when score >= AMULET_MEMORY_CRITICAL_THRESHOLD, ``warning`` when >= AMULET_MEMORY_WARNING_THRESHOLD,
-    else ``normal``. Responders run only when the level rises (normal->warning, warning->critical,
-    normal->critical); a fall is recorded in the history but runs nothing. Periodic checks run only after
-    ``start()``.
+    ``process_budget_fraction = RSS / budget_mb`` (only when a budget is set). The level is
+    ``critical`` when score >= ``critical_threshold``, ``warning`` when >= ``warning_threshold``, else
+    ``normal`` (``from_settings`` takes them from the AMULET_MEMORY_* settings). Responders run only when
+    the level rises (normal->warning, warning->critical, normal->critical); a fall is recorded in the
+    history but runs nothing. Periodic checks run only after ``start()``.
     """
 
     def __init__(
         self,
-        settings: Settings | None = None,
         *,
+        warning_threshold: float = DEFAULT_WARNING_THRESHOLD,
+        critical_threshold: float = DEFAULT_CRITICAL_THRESHOLD,
+        budget_mb: float | None = None,
+        cache_shrink_fraction: float = DEFAULT_SHRINK_FRACTION,
         process: Any = None,
         virtual_memory: Callable[[], Any] = psutil.virtual_memory,
         builtin_responders: bool = True,
         history: int = 200,
         timer: Callable[[], float] = time.time,
     ) -> None:
-        if settings is None:
-            from amulet_lab.config import get_settings
-
-            settings = get_settings()
-        self.settings = settings
+        for name, value in (("warning_threshold", warning_threshold), ("critical_threshold", critical_threshold),
+                            ("cache_shrink_fraction", cache_shrink_fraction)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ValidationError(f"{name} must be a number within 0..1", field=name, value=value)
+        if warning_threshold >= critical_threshold:
+            raise ValidationError("warning_threshold must be below critical_threshold", field="warning_threshold",
+                                  value=warning_threshold)
+        if budget_mb is not None and (isinstance(budget_mb, bool) or not isinstance(budget_mb, (int, float))
+                                      or not budget_mb > 0):
+            raise ValidationError("budget_mb must be a number of MB > 0, or None", field="budget_mb", value=budget_mb)
+        self.warning_threshold = float(warning_threshold)
+        self.critical_threshold = float(critical_threshold)
+        self.budget_mb = budget_mb
+        self.cache_shrink_fraction = float(cache_shrink_fraction)
         self._process = process
         self._virtual_memory = virtual_memory
         self._timer = timer
@@ -223,6 +243,14 @@ class MemoryMonitor:
         self._last_check: dict[str, Any] | None = None
         if builtin_responders:
             self._responders.append(gc_responder)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> MemoryMonitor:
+        """A monitor with the AMULET_MEMORY_* thresholds, budget and AMULET_CACHE_SHRINK_FRACTION of ``settings``."""
+        values = dict(warning_threshold=settings.memory_warning_threshold,
+                      critical_threshold=settings.memory_critical_threshold, budget_mb=settings.memory_budget_mb,
+                      cache_shrink_fraction=settings.cache_shrink_fraction)
+        return cls(**{**values, **kwargs})
 
     # -- readings -------------------------------------------------------------------------------------
     def get_current_usage(self) -> MemoryUsage:
@@ -258,13 +286,12 @@ class MemoryMonitor:
         return self._last_check
 
     def _check(self, usage: MemoryUsage) -> dict[str, Any]:
-        s = self.settings
-        budget = s.memory_budget_mb
+        budget = self.budget_mb
         budget_fraction = usage.rss_mb / budget if budget else None
         score = max(usage.system_percent_used, budget_fraction or 0.0)
-        if score >= s.memory_critical_threshold:
+        if score >= self.critical_threshold:
             level = "critical"
-        elif score >= s.memory_warning_threshold:
+        elif score >= self.warning_threshold:
             level = "warning"
         else:
             level = "normal"
@@ -277,9 +304,9 @@ class MemoryMonitor:
             "process_budget_fraction": None if budget_fraction is None else round(budget_fraction, 4),
             "rss_mb": round(usage.rss_mb, 2),
             "budget_mb": budget,
-            "warning_threshold": s.memory_warning_threshold,
-            "critical_threshold": s.memory_critical_threshold,
-            "cache_shrink_fraction": s.cache_shrink_fraction,  # for responders: the monitor's settings
+            "warning_threshold": self.warning_threshold,
+            "critical_threshold": self.critical_threshold,
+            "cache_shrink_fraction": self.cache_shrink_fraction,  # for responders: the monitor's own share
             "time": self._timer(),
         }
         with self._lock:
@@ -408,7 +435,7 @@ class MemoryMonitor:
             ("process RSS", f"{usage.rss_mb:.1f} MB ({usage.percent:.2%} of RAM)"),
             ("peak RSS seen", f"{usage.peak_rss_mb:.1f} MB"),
             ("system in use", f"{usage.system_percent_used:.1%} of {usage.system_total_mb / 1024:.1f} GB"),
-            ("budget", "none" if not self.settings.memory_budget_mb else f"{self.settings.memory_budget_mb} MB"),
+            ("budget", "none" if not self.budget_mb else f"{self.budget_mb} MB"),
             ("monitoring", f"every {self.interval_s}s" if self.running else "off"),
             ("pressure events", str(len(self.events))),
         ]

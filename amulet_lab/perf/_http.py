@@ -14,15 +14,21 @@ given, so an open circuit stops the retries at once (``CircuitOpenError`` is not
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from amulet_lab.config import Settings
 from amulet_lab.errors import CircuitBreaker, NetworkError, ProcessingError, RetryPolicy, ValidationError
 from amulet_lab.perf._monitor import PerformanceMonitor, performance_monitor
 
+if TYPE_CHECKING:
+    from amulet_lab.config import Settings
+
 __all__ = ["HttpPool"]
+
+#: The documented defaults of AMULET_CONNECTION_POOL_SIZE and AMULET_HTTP_TIMEOUT.
+DEFAULT_MAX_CONNECTIONS = 100
+DEFAULT_TIMEOUT_S = 10.0
 
 RETRY_STATUSES = frozenset({502, 503, 504})
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
@@ -36,22 +42,14 @@ class HttpPool:
         self,
         base_url: str = "",
         *,
-        settings: Settings | None = None,
-        max_connections: int | None = None,
-        timeout: float | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        timeout: float = DEFAULT_TIMEOUT_S,
         retry: RetryPolicy | int | None = None,
         breaker: CircuitBreaker | None = None,
         monitor: PerformanceMonitor | None = None,
         headers: dict[str, str] | None = None,
         trust_env: bool = True,
     ) -> None:
-        if max_connections is None or timeout is None:
-            if settings is None:
-                from amulet_lab.config import get_settings
-
-                settings = get_settings()
-            max_connections = settings.connection_pool_size if max_connections is None else max_connections
-            timeout = settings.http_timeout if timeout is None else timeout
         if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
             raise ValidationError("max_connections must be an int >= 1", field="max_connections", value=max_connections)
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
@@ -74,6 +72,12 @@ class HttpPool:
         self._client: httpx.AsyncClient | None = None
         self._closed = False
         self._requests = self._attempts = self._retries = self._errors = self._connections = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, base_url: str = "", **kwargs: Any) -> HttpPool:
+        """A pool sized by AMULET_CONNECTION_POOL_SIZE and AMULET_HTTP_TIMEOUT (``kwargs`` override them)."""
+        values: dict[str, Any] = {"max_connections": settings.connection_pool_size, "timeout": settings.http_timeout}
+        return cls(base_url, **{**values, **kwargs})
 
     @property
     def monitor(self) -> PerformanceMonitor:

@@ -1,4 +1,4 @@
-"""Named thread pools sized from settings, with counts of what they ran, and a graceful shutdown."""
+"""Named thread pools of a given size, with counts of what they ran, and a graceful shutdown."""
 
 from __future__ import annotations
 
@@ -23,21 +23,29 @@ class _PoolEntry:
         self.counts = {"submitted": 0, "completed": 0, "failed": 0, "cancelled": 0}
 
 
+#: Workers of a pool unless told otherwise: AMULET_THREAD_POOL_SIZE's documented default.
+DEFAULT_WORKERS = 4
+
+
 class ThreadPoolManager:
-    """Named ``ThreadPoolExecutor`` pools created on first use, each with AMULET_THREAD_POOL_SIZE workers by default."""
+    """Named ``ThreadPoolExecutor`` pools created on first use, each with ``default_workers`` workers by default."""
 
-    def __init__(self, settings: Settings | None = None) -> None:
-        if settings is None:
-            from amulet_lab.config import get_settings
-
-            settings = get_settings()
-        self.default_workers = settings.thread_pool_size
+    def __init__(self, default_workers: int = DEFAULT_WORKERS) -> None:
+        if isinstance(default_workers, bool) or not isinstance(default_workers, int) or default_workers < 1:
+            raise ValidationError("default_workers must be an int >= 1", field="default_workers",
+                                  value=default_workers, code="E_POOL_SIZE")
+        self.default_workers = default_workers
         self._lock = threading.Lock()
         self._pools: dict[str, _PoolEntry] = {}
         self._closed = False
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ThreadPoolManager:
+        """A manager whose pools have AMULET_THREAD_POOL_SIZE workers (``settings.thread_pool_size``)."""
+        return cls(settings.thread_pool_size)
+
     def get_pool(self, name: str = "default", max_workers: int | None = None) -> ThreadPoolExecutor:
-        """The pool called ``name``, created with ``max_workers`` (default: the setting) on first use."""
+        """The pool called ``name``, created with ``max_workers`` (default: ``default_workers``) on first use."""
         return self._entry(name, max_workers).executor
 
     def _entry(self, name: str, max_workers: int | None) -> _PoolEntry:
@@ -129,11 +137,15 @@ _manager_lock = threading.Lock()
 
 
 def get_thread_pool_manager(settings: Settings | None = None) -> ThreadPoolManager:
-    """The process-wide pool manager, created on first use or after a shutdown (``settings`` applies then only)."""
+    """The process-wide pool manager, created on first use or after a shutdown with the default pool size.
+
+    ``settings`` (kept for ``model/classifier.py`` until it stops passing them) sizes the pools when the
+    manager is created by this call, as ``ThreadPoolManager.from_settings`` does; it is ignored otherwise.
+    """
     global _manager
     with _manager_lock:
         if _manager is None or _manager._closed:
-            _manager = ThreadPoolManager(settings)
+            _manager = ThreadPoolManager() if settings is None else ThreadPoolManager.from_settings(settings)
         return _manager
 
 

@@ -73,7 +73,6 @@ def run(quick: bool = False) -> MicroResult:
     """Throughput of pooled requests against a new client per request."""
     import httpx
 
-    from amulet_lab.config import Settings
     from amulet_lab.perf import HttpPool, PerformanceMonitor
 
     n = 20 if quick else 300
@@ -84,7 +83,7 @@ def run(quick: bool = False) -> MicroResult:
         pooled_rates, fresh_rates, shared_ssl_rates = [], [], []
         ssl_context = ssl.create_default_context()
         # trust_env=False everywhere: a proxy set in the environment must never carry loopback traffic.
-        async with HttpPool(url, settings=Settings(), monitor=monitor, trust_env=False) as pool:
+        async with HttpPool(url, monitor=monitor, trust_env=False) as pool:
 
             async def pooled(i: int) -> None:
                 (await pool.get(f"/p/{i}")).raise_for_status()
