@@ -47,17 +47,16 @@ class Variable:
 
 VARIABLES: tuple[Variable, ...] = (
     # caching
-    Variable("cache_max_size", "int", 104_857_600, "Byte bound of the general TTL cache and of the image cache.", 1),
-    Variable("cache_default_ttl", "float", 3600.0, "Default time to live of a cache entry, seconds.", 0.001),
-    Variable("image_cache_size", "int", 500, "Entries held by the image cache.", 1),
-    Variable("image_cache_ttl", "float", 1800.0, "Time to live of an image cache entry, seconds.", 0.001),
+    Variable("cache_max_size", "int", 104_857_600,
+             "Byte bound of the classifier's prediction cache (0: no prediction cache).", 0),
+    Variable("cache_default_ttl", "float", 3600.0, "Time to live of a cached prediction, seconds.", 0.001),
     # memory
     Variable("memory_warning_threshold", "float", 0.8, "Share of system memory in use that means 'warning'.", 0, 1),
     Variable("memory_critical_threshold", "float", 0.9, "Share of system memory in use that means 'critical'.", 0, 1),
     Variable("memory_budget_mb", "optional_float", None, "Optional RSS budget of this process, MB (empty: none).", 1),
     Variable("cache_shrink_fraction", "float", 0.5, "Fraction of its entries a cache drops under memory pressure.", 0, 1),
-    Variable("mmap_threshold", "int", 52_428_800, "Files larger than this many bytes are memory-mapped.", 1),
-    Variable("large_image_threshold", "int", 10_485_760, "Images larger than this many bytes decode at reduced scale.", 1),
+    Variable("mmap_threshold", "int", 4_194_304,
+             "Image files larger than this many bytes are memory-mapped, not read onto the heap.", 1),
     # performance
     Variable("connection_pool_size", "int", 100, "Connections held by the async HTTP pool.", 1),
     Variable("http_timeout", "float", 10.0, "Timeout of one HTTP request of the pool, seconds.", 0.001),
@@ -68,7 +67,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("model_path", "optional_str", None, "Checkpoint to load (empty: the bundled default in data/models/)."),
     Variable("band_reliable", "float", 0.90, "Confidence at or above which a prediction is 'reliable'.", 0, 1),
     Variable("band_verify", "float", 0.70, "Confidence at or above which a prediction is 'verify' (below: 'retake').", 0, 1),
-    Variable("test_preprocess_delay_ms", "float", 0.0, "Test only: an artificial delay added to preprocessing, ms."),
+    Variable("test_preprocess_delay_ms", "float", 0.0,
+             "Benchmarks only: a delay the benchmark adds to each preprocessing, ms (seeds a known regression)."),
     # input limits
     Variable("max_upload_bytes", "int", 20_971_520, "Largest image file accepted, bytes.", 1),
     Variable("max_image_side", "int", 12_000, "Longest image side accepted, pixels.", 1),
@@ -82,7 +82,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("rate_limit_burst", "int", 30, "Token bucket size: requests a client may make at once.", 1),
     Variable("trust_forwarded_for", "bool", False, "Take the client address from X-Forwarded-For (behind a proxy only)."),
     # general
-    Variable("debug", "bool", False, "Debug mode: allows a missing secret key, more detail in logs."),
+    Variable("debug", "bool", False,
+             "Debug mode: allows a missing secret key, serves /docs and /openapi.json, logs at DEBUG level."),
     Variable("log_format", "choice", "text", "Log format of the amulet_lab logger: text or json.", choices=("text", "json")),
     Variable("log_level", "choice", "INFO", "Log level of the amulet_lab logger.",
              choices=("DEBUG", "INFO", "WARNING", "ERROR")),
@@ -164,14 +165,11 @@ class Settings:
 
     cache_max_size: int = 104_857_600
     cache_default_ttl: float = 3600.0
-    image_cache_size: int = 500
-    image_cache_ttl: float = 1800.0
     memory_warning_threshold: float = 0.8
     memory_critical_threshold: float = 0.9
     memory_budget_mb: float | None = None
     cache_shrink_fraction: float = 0.5
-    mmap_threshold: int = 52_428_800
-    large_image_threshold: int = 10_485_760
+    mmap_threshold: int = 4_194_304
     connection_pool_size: int = 100
     http_timeout: float = 10.0
     chunk_size: int = 8192
@@ -231,6 +229,11 @@ class Settings:
                 severity="high",
             )
         return key
+
+    @property
+    def effective_log_level(self) -> str:
+        """``DEBUG`` in debug mode, else ``log_level``."""
+        return "DEBUG" if self.debug else self.log_level
 
     @property
     def reports_path(self) -> Path:

@@ -79,9 +79,11 @@ def _default_memory_monitor() -> Any:
 
 
 def _default_cache_stats() -> dict[str, Any]:
-    from amulet_lab.cache import get_image_cache
+    """The process image cache's figures if one exists (never creates one), else zeros."""
+    from amulet_lab.cache import peek_image_cache
 
-    return get_image_cache().get_stats()
+    cache = peek_image_cache()
+    return cache.get_stats() if cache is not None else {"hit_rate": 0.0, "size": 0, "total_size_bytes": 0}
 
 
 def _default_thread_stats() -> dict[str, Any]:

@@ -1,12 +1,14 @@
-"""Image decoding and preprocessing shared by training, evaluation and inference.
+"""Images to model input: ``decode`` (any image to upright RGB) and ``PreprocessSpec.to_input`` (the one
+preprocessing step of training, evaluation and inference).
 
-``decode`` turns a path, bytes, a PIL image or a numpy array into an upright RGB PIL image; for a
-JPEG that is far larger than the model needs it asks libjpeg for a reduced-scale decode
-(``Image.draft``), which skips most of the IDCT work and is several times faster than a full
-decode followed by a resize. ``preprocess`` turns images into one normalised NCHW float32 batch as
-described by a ``PreprocessSpec``; the spec's ``transform_id`` is part of every image-cache key.
+``decode`` hands bytes and paths to the package's one decoder, ``security.validate_image`` (signature,
+polyglot, size and pixel checks; with ``target_size`` a JPEG is decoded at the smallest libjpeg scale
+that is still at least that size, several times faster than a full decode and a resize). Images already
+in memory (a PIL image, a numpy array) are converted to RGB without another decoder.
+``PreprocessSpec.to_input`` turns decoded images (or a uint8 NCHW batch) into one normalised float32
+NCHW batch: squeeze to a square of ``size`` pixels, scale to [0, 1], subtract the mean, divide by the std.
 
-PIL and numpy load here; torch loads only inside ``preprocess`` (the package stays light to import).
+PIL and numpy load here; torch loads only inside the functions that build tensors.
 """
 
 from __future__ import annotations
@@ -19,14 +21,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from amulet_lab.errors import ProcessingError, SecurityError, ValidationError
+from amulet_lab.errors import ProcessingError, ValidationError
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import torch
     from PIL import Image
 
-    from amulet_lab.config import Settings
+    from amulet_lab.security import ImageLimits
 
 __all__ = ["PreprocessSpec", "decode", "preprocess", "to_uint8_batch", "resize_square", "to_array", "ImageInput"]
 
@@ -73,98 +75,80 @@ class PreprocessSpec:
         std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
         return ((x - mean) / std).contiguous()
 
+    def to_input(self, images: Any) -> torch.Tensor:
+        """The model input: a normalised (N, 3, size, size) float32 batch from a uint8 NCHW tensor or decoded images.
+
+        ``images`` is a uint8 tensor (N, 3, H, W) (resized to ``size`` when H, W differ), or a sequence of PIL
+        images / ``ValidatedImage`` (squeezed to ``size`` x ``size``). The one preprocessing step of training,
+        evaluation and inference.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        if isinstance(images, torch.Tensor):
+            if images.ndim != 4 or images.shape[1] != 3 or images.dtype != torch.uint8:
+                raise ValidationError(f"expected a uint8 (N, 3, H, W) tensor, got {images.dtype} {tuple(images.shape)}",
+                                      field="images", code="E_INPUT_SHAPE")
+            x = images.float().div_(255.0)
+            if x.shape[-2:] != (self.size, self.size):
+                x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
+            return self.normalise(x)
+        return self.normalise(self.uint8(images).float().div_(255.0))
+
+    def uint8(self, images: Sequence[Any]) -> torch.Tensor:
+        """Decoded images (PIL or ``ValidatedImage``) squeezed to ``size`` as one uint8 (N, 3, size, size) tensor."""
+        import numpy as np
+        import torch
+
+        items = list(images)
+        out = torch.empty((len(items), 3, self.size, self.size), dtype=torch.uint8)
+        for i, item in enumerate(items):
+            img = getattr(item, "image", item)  # a ValidatedImage holds its pixels in .image
+            out[i] = torch.from_numpy(np.asarray(resize_square(img, self.size)).copy()).permute(2, 0, 1)
+        return out
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreprocessSpec:
         """Inverse of ``to_dict``."""
         return cls(size=int(data["size"]), mean=tuple(data["mean"]), std=tuple(data["std"]))
 
 
-def _open_bytes(data: bytes, settings: Settings) -> Image.Image:
-    """Open (header only) bytes of an allowed format whose header size is within the limits."""
-    from PIL import Image
-
-    from amulet_lab.pixels import DECODE_ERRORS, check_dimensions
-    from amulet_lab.security import ALLOWED_FORMATS, register_heif, sniff_format
-
-    if len(data) == 0:
-        raise ValidationError("image data is empty (0 bytes)", field="image", code="E_IMAGE_EMPTY")
-    fmt = sniff_format(data)
-    if fmt is None or fmt not in ALLOWED_FORMATS:
-        raise ValidationError(
-            "image data is not a JPEG, PNG, WebP or HEIC/HEIF image", field="image", code="E_IMAGE_FORMAT",
-            context={"head": data[:8].hex()},
-        )
-    if fmt == "HEIF":
-        register_heif()
-    try:
-        # formats= keeps Pillow from trying its other (less hardened) plugins, e.g. EPS via Ghostscript.
-        img = Image.open(io.BytesIO(data), formats=[fmt])
-    except Image.DecompressionBombError as exc:
-        raise SecurityError(f"image header claims too many pixels: {exc}", severity="high", code="E_IMAGE_BOMB") from exc
-    except DECODE_ERRORS as exc:
-        raise ValidationError(
-            f"{fmt} image cannot be opened: {type(exc).__name__}: {str(exc)[:200]}", field="image", code="E_IMAGE_FORMAT"
-        ) from exc
-    check_dimensions(*img.size, max_side=settings.max_image_side, max_pixels=settings.max_image_pixels)
-    return img
-
-
-def decode(
-    source: ImageInput, *, target_size: int | tuple[int, int] | None = None, settings: Settings | None = None
-) -> Image.Image:
+def decode(source: ImageInput, *, target_size: int | tuple[int, int] | None = None,
+           limits: ImageLimits | None = None) -> Image.Image:
     """An upright RGB PIL image from a path, bytes, PIL image or HxW(x3|x4) array.
 
-    Bytes and paths must be JPEG, PNG, WebP or HEIC/HEIF within ``settings.max_image_side`` /
-    ``max_image_pixels`` (checked on the header, before decoding). With ``target_size`` a JPEG that
-    ``decode`` opened itself is decoded at the smallest libjpeg scale (1/2, 1/4, 1/8) that is still at
-    least that size, so the caller's resize works on far fewer pixels. A caller's PIL image is never mutated.
+    Bytes and paths go through ``security.validate_image`` (JPEG, PNG, WebP or HEIC/HEIF within ``limits``);
+    with ``target_size`` a JPEG is decoded at the smallest libjpeg scale (1/2, 1/4, 1/8) that is still at
+    least that size. A caller's PIL image is never mutated; its size is checked against ``limits``.
     """
     from PIL import Image, ImageOps
 
     from amulet_lab.pixels import DECODE_ERRORS, check_dimensions, to_rgb
+    from amulet_lab.security import ImageLimits, validate_image
 
-    if settings is None:
-        from amulet_lab.config import get_settings
-
-        settings = get_settings()
-    owned = True  # draft() changes the image in place: only on images opened here
-    if isinstance(source, Image.Image):
-        img = source
-        owned = False
-        check_dimensions(*img.size, max_side=settings.max_image_side, max_pixels=settings.max_image_pixels)
-    elif isinstance(source, (bytes, bytearray, memoryview)):
-        img = _open_bytes(bytes(source), settings)
-    elif isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.is_file():
-            raise ValidationError(f"image file not found: {path}", field="image", value=str(path), code="E_IMAGE_NOT_FOUND")
-        img = _open_bytes(path.read_bytes(), settings)
-    elif type(source).__module__ == "numpy":
-        return Image.fromarray(to_array(source))
-    else:
-        raise ValidationError(
-            f"cannot decode an image from {type(source).__name__}; pass a path, bytes, a PIL image or a numpy array",
-            field="image",
-            value=type(source).__name__,
-            code="E_IMAGE_TYPE",
-        )
-    try:
-        if owned and target_size is not None and img.format == "JPEG":
+    limits = limits if limits is not None else ImageLimits()
+    if isinstance(source, (bytes, bytearray, memoryview, str, Path)):
+        side = None
+        if target_size is not None:
             w, h = (target_size, target_size) if isinstance(target_size, int) else target_size
             # draft() keeps the scaled image >= the requested size in both sides; orientation may swap
             # sides after transpose, so ask for the larger side both ways.
             side = max(w, h)
-            img.draft("RGB", (side, side))
-        img.load()
+        return validate_image(source, limits=limits, draft_size=side).image
+    if type(source).__module__ == "numpy":
+        return Image.fromarray(to_array(source))
+    if not isinstance(source, Image.Image):
+        raise ValidationError(
+            f"cannot decode an image from {type(source).__name__}; pass a path, bytes, a PIL image or a numpy array",
+            field="image", value=type(source).__name__, code="E_IMAGE_TYPE",
+        )
+    check_dimensions(*source.size, max_side=limits.max_image_side, max_pixels=limits.max_image_pixels)
+    try:
+        source.load()
         # Not in place: a caller's image must stay as it was.
-        img = ImageOps.exif_transpose(img)
-        # The same 8-bit conversion as security.validate_image, so training and serving see the same pixels.
-        img = to_rgb(img)
-    except Image.DecompressionBombError as exc:
-        raise SecurityError(f"image decodes to too many pixels: {exc}", severity="high", code="E_IMAGE_BOMB") from exc
-    except DECODE_ERRORS as exc:  # truncated / malformed data surfaces only when pixels are read
+        return to_rgb(ImageOps.exif_transpose(source))
+    except DECODE_ERRORS as exc:  # a lazily opened image may still fail on its pixels
         raise ProcessingError(f"could not decode image: {exc}", stage="decode", code="E_IMAGE_DECODE") from exc
-    return img
 
 
 def to_array(array: Any) -> np.ndarray:
@@ -203,23 +187,17 @@ def resize_square(img: Image.Image, size: int) -> Image.Image:
     return img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
 
 
-def to_uint8_batch(images: Sequence[ImageInput], size: int) -> torch.Tensor:
+def to_uint8_batch(images: Sequence[ImageInput], size: int, limits: ImageLimits | None = None) -> torch.Tensor:
     """Decode images (any ``decode`` input) to one (N, 3, size, size) uint8 tensor, squashed square."""
-    import numpy as np
-    import torch
-
-    out = torch.empty((len(images), 3, size, size), dtype=torch.uint8)
-    for i, item in enumerate(images):
-        img = resize_square(decode(item, target_size=size), size)
-        out[i] = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
-    return out
+    return PreprocessSpec(size).uint8([decode(item, target_size=size, limits=limits) for item in images])
 
 
-def preprocess(images: ImageInput | Sequence[ImageInput], spec: PreprocessSpec) -> torch.Tensor:
+def preprocess(images: ImageInput | Sequence[ImageInput], spec: PreprocessSpec,
+               limits: ImageLimits | None = None) -> torch.Tensor:
     """A normalised NCHW float32 batch from one image or a sequence of them (any ``decode`` input)."""
     if not isinstance(spec, PreprocessSpec):
         raise ValidationError("spec must be a PreprocessSpec", field="spec", value=type(spec).__name__)
     items = list(images) if isinstance(images, (list, tuple)) else [images]
     if not items:
         raise ValidationError("preprocess needs at least one image", field="images", code="E_EMPTY_BATCH")
-    return spec.normalise(to_uint8_batch(items, spec.size).float().div_(255.0))
+    return spec.to_input([decode(item, target_size=spec.size, limits=limits) for item in items])

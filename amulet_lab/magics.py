@@ -1,4 +1,4 @@
-"""``%%amulet_profile``: a cell's wall time, peak RSS growth, image-cache hit rate and its change, as a table.
+"""``%%amulet_profile``: a cell's wall time, peak RSS growth, cache hit rate (image and prediction caches) and its change, as a table.
 
 Load with ``%load_ext amulet_lab``. The report is displayed and also kept in ``_amulet_profile``.
 """
@@ -18,17 +18,17 @@ __all__ = ["ProfileReport", "ProfiledCellError", "register", "amulet_profile"]
 
 @dataclasses.dataclass(frozen=True)
 class ProfileReport:
-    """What one profiled cell cost: wall time, RSS growth (peak and end), and its image-cache hits and misses."""
+    """What one profiled cell cost: wall time, RSS growth (peak and end), and its cache hits and misses."""
 
     label: str
     wall_s: float
     peak_rss_delta_mb: float
     rss_delta_mb: float
     samples: int
-    cache_hit_rate_before: float | None  # the cache's lifetime rate before the cell (None: no image cache)
+    cache_hit_rate_before: float | None  # the cache's lifetime rate before the cell (None: no cache)
     cache_hit_rate_after: float | None
     succeeded: bool
-    cache_hits: int | None = None  # lookups during the cell only (None: no image cache existed)
+    cache_hits: int | None = None  # lookups during the cell only (None: no cache existed)
     cache_misses: int | None = None
 
     @property
@@ -40,7 +40,7 @@ class ProfileReport:
 
     @property
     def cache_hit_rate_change(self) -> float | None:
-        """Lifetime hit rate after minus before (None when no image cache is available)."""
+        """Lifetime hit rate after minus before (None when no cache is available)."""
         if self.cache_hit_rate_before is None or self.cache_hit_rate_after is None:
             return None
         return self.cache_hit_rate_after - self.cache_hit_rate_before
@@ -48,14 +48,14 @@ class ProfileReport:
     def rows(self) -> list[tuple[str, str]]:
         """(figure, value) pairs, formatted."""
         if self.cache_hits is None or self.cache_misses is None:
-            cache = "n/a (no image cache)"
+            cache = "n/a (no cache)"
         elif self.cache_hit_rate is None:
             cache = "no lookups"
         else:
             cache = f"{self.cache_hit_rate:.1%} ({self.cache_hits} hits, {self.cache_misses} misses)"
         change = self.cache_hit_rate_change
         if self.cache_hit_rate_after is None:
-            lifetime = "n/a (no image cache)"
+            lifetime = "n/a (no cache)"
         elif change is None:
             lifetime = f"{self.cache_hit_rate_after:.1%} (cache created in the cell)"
         else:
@@ -65,8 +65,8 @@ class ProfileReport:
             ("wall time", f"{self.wall_s:.3f} s"),
             ("peak RSS delta", f"{self.peak_rss_delta_mb:.1f} MB"),
             ("RSS delta at end", f"{self.rss_delta_mb:+.1f} MB"),
-            ("image-cache hit rate", cache),
-            ("image-cache hit rate change", lifetime),
+            ("cache hit rate", cache),
+            ("cache hit rate change", lifetime),
             ("cell", "ok" if self.succeeded else "raised"),
         ]
 
@@ -91,15 +91,22 @@ class ProfiledCellError(ProcessingError):
         return [self.message]
 
 
-def _image_cache_counts() -> tuple[int, int, float] | None:
-    """(hits, misses, hit_rate) of the process image cache, or None when none was created (never creates one)."""
+def _cache_counts() -> tuple[int, int, float] | None:
+    """(hits, misses, hit_rate) summed over the process's caches (the image cache, every prediction cache), or
+    None when there is none (never creates one, never imports the model)."""
+    import sys
+
     from amulet_lab.cache import peek_image_cache
 
-    cache = peek_image_cache()
-    if cache is None:
+    caches: list[Any] = [c for c in (peek_image_cache(),) if c is not None]
+    answers = sys.modules.get("amulet_lab.model.answers")
+    if answers is not None:
+        caches += answers.live_prediction_caches()
+    if not caches:
         return None
-    stats = cache.get_stats()
-    return int(stats["hits"]), int(stats["misses"]), float(stats["hit_rate"])
+    stats = [c.get_stats() for c in caches]
+    hits, misses = sum(int(s["hits"]) for s in stats), sum(int(s["misses"]) for s in stats)
+    return hits, misses, hits / (hits + misses) if hits + misses else 0.0
 
 
 def amulet_profile(line: str, cell: str, *, shell: Any, interval_s: float = 0.01) -> ProfileReport:
@@ -110,13 +117,13 @@ def amulet_profile(line: str, cell: str, *, shell: Any, interval_s: float = 0.01
     """
     from IPython.display import display
 
-    before = _image_cache_counts()
+    before = _cache_counts()
     sampler = RssSampler(interval_s)
     start = time.perf_counter()
     with sampler:
         result = shell.run_cell(cell)
     wall = time.perf_counter() - start
-    after = _image_cache_counts()
+    after = _cache_counts()
     # A cache created inside the cell started from zero.
     base = before or (0, 0, 0.0)
     report = ProfileReport(

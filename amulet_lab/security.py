@@ -1,9 +1,13 @@
-"""Untrusted image input: one validation pipeline with a coded refusal at every step, and safe file names.
+"""Untrusted image input: the one decoder of the package, with a coded refusal at every step, and safe file names.
 
-``validate_image`` runs, in order (cheapest and most dangerous first):
+Every image that enters the package as bytes, a path or a file object (uploads, the widgets, the CLI,
+training, evaluation, benchmarks, large-file streaming) goes through ``validate_image``, which returns one
+type, ``ValidatedImage``. It runs, in order (cheapest and most dangerous first):
 
-1. size cap (``settings.max_upload_bytes``) before the bytes are read in full: ``stat`` for paths, at most
-   cap + 1 bytes for file objects;
+1. size cap (``limits.max_upload_bytes``) before the bytes are read in full: ``stat`` for paths, at most
+   cap + 1 bytes for file objects. A file larger than ``limits.mmap_threshold`` is memory-mapped, not
+   read: its bytes are checked and hashed in place and Pillow decodes from the file, so the raw bytes are
+   never held on the heap beside the pixels;
 2. signature allow-list from the bytes themselves (JPEG, PNG, WebP ``RIFF....WEBP``, HEIC/HEIF ``ftyp``
    brands); the file name and any MIME type are never trusted;
 3. polyglot check: HTML/script/PHP text anywhere outside the compressed pixel data (JPEG scans, PNG IDAT,
@@ -12,12 +16,13 @@
    refused. Other trailing bytes are tolerated because phones append their own trailers (Samsung, motion
    photos);
 4. ``Image.open(..., formats=[the sniffed format])``; the header's size is checked against
-   ``settings.max_image_side`` and ``settings.max_image_pixels`` before any pixel is decoded;
-5. a full decode (a truncated file is refused; ``LOAD_TRUNCATED_IMAGES`` is never set);
+   ``limits.max_image_side`` and ``limits.max_image_pixels`` before any pixel is decoded;
+5. a full decode (a truncated file is refused; ``LOAD_TRUNCATED_IMAGES`` is never set), at a reduced
+   libjpeg scale when the caller asks for a size (``draft_size``);
 6. EXIF orientation applied, then RGB (transparency composited on white, 16-bit scaled, CMYK converted).
 
-Steps 4 and 6 are ``amulet_lab.pixels`` (``check_dimensions``, ``to_rgb``), shared with
-``memory.StreamingHandler.process_large_image`` so both paths give the same pixels and refusals.
+The content hash (SHA-256 of the bytes) is computed once, here, unless the caller already has it (the
+classifier hashes first to look its prediction cache up, and passes the digest in).
 
 Refusal codes: E_IMAGE_INPUT, E_IMAGE_NOT_FOUND, E_IMAGE_EMPTY, E_IMAGE_TOO_LARGE, E_IMAGE_SIGNATURE,
 E_IMAGE_POLYGLOT, E_IMAGE_DIMENSIONS, E_IMAGE_BOMB, E_IMAGE_TRUNCATED, E_IMAGE_DECODE. Input errors are
@@ -26,10 +31,14 @@ E_IMAGE_POLYGLOT, E_IMAGE_DIMENSIONS, E_IMAGE_BOMB, E_IMAGE_TRUNCATED, E_IMAGE_D
 
 from __future__ import annotations
 
+import collections.abc
+import contextlib
 import dataclasses
 import hashlib
 import io
 import logging
+import math
+import mmap
 import os
 import re
 import struct
@@ -47,8 +56,8 @@ if TYPE_CHECKING:
 
     from amulet_lab.config import Settings
 
-__all__ = ["validate_image", "ValidatedImage", "sniff_format", "safe_filename", "generated_name", "ImageInput",
-           "ALLOWED_FORMATS", "register_heif"]
+__all__ = ["validate_image", "ValidatedImage", "ImageLimits", "sniff_format", "content_hash", "safe_filename",
+           "generated_name", "ImageInput", "ALLOWED_FORMATS", "register_heif"]
 
 #: Pillow format names accepted from untrusted input (what ``sniff_format`` can return).
 ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "HEIF")
@@ -81,8 +90,35 @@ _heif_registered = False
 
 
 @dataclasses.dataclass(frozen=True)
+class ImageLimits:
+    """What ``validate_image`` accepts: file bytes, side and pixel limits, and when a file is memory-mapped."""
+
+    max_upload_bytes: int = 20_971_520
+    max_image_side: int = 12_000
+    max_image_pixels: int = 50_000_000
+    mmap_threshold: int = 4_194_304
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValidationError(f"{field.name} must be a whole number >= 1, got {value!r}", field=field.name,
+                                      value=value, code="E_IMAGE_LIMITS")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ImageLimits:
+        """The limits of ``settings`` (called at the edges: service, CLI, widgets, benchmarks)."""
+        return cls(settings.max_upload_bytes, settings.max_image_side, settings.max_image_pixels,
+                   settings.mmap_threshold)
+
+
+@dataclasses.dataclass(frozen=True)
 class ValidatedImage:
-    """An image that passed every check: upright RGB pixels plus facts about the original bytes."""
+    """An image that passed every check: upright RGB pixels plus facts about the original bytes.
+
+    ``width`` and ``height`` are the original's, upright (EXIF orientation applied); ``image`` may be smaller
+    when the caller asked for a reduced-scale decode.
+    """
 
     image: Image.Image
     format: str
@@ -91,9 +127,18 @@ class ValidatedImage:
     nbytes: int
     sha256: str
 
+    def facts(self) -> dict[str, object]:
+        """Format, original size and byte count (what the service reports per upload)."""
+        return {"format": self.format, "width": self.width, "height": self.height, "bytes": self.nbytes}
+
     def __repr__(self) -> str:
         return (f"ValidatedImage({self.format} {self.width}x{self.height}, {self.nbytes} bytes, "
                 f"sha256={self.sha256[:12]}...)")
+
+
+def content_hash(data: bytes | bytearray | memoryview | mmap.mmap) -> str:
+    """The content key of image bytes: SHA-256 hex (cryptographic: a shared cache must not be poisoned)."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def _refuse(message: str, code: str, filename: str | None, **context: object) -> ValidationError:
@@ -105,40 +150,51 @@ def _hostile(message: str, code: str, filename: str | None, **context: object) -
     return SecurityError(message, severity="high", code=code, context={"filename": filename, **context})
 
 
-def _read_capped(data: ImageInput, cap: int, filename: str | None) -> bytes:
-    """The input's bytes, refusing anything over ``cap`` before reading it all."""
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        raw = bytes(data)
-    elif isinstance(data, (str, os.PathLike)):
-        path = Path(data)
-        try:
-            size = path.stat().st_size
-        except (FileNotFoundError, NotADirectoryError):
-            raise _refuse(f"image file not found: {path.name}", "E_IMAGE_NOT_FOUND", filename) from None
-        if not path.is_file():
-            raise _refuse(f"not a regular file: {path.name}", "E_IMAGE_NOT_FOUND", filename)
-        if size > cap:
-            raise _refuse(f"image is {size} bytes, over the limit of {cap}", "E_IMAGE_TOO_LARGE", filename,
-                          nbytes=size, limit=cap)
-        with path.open("rb") as handle:
-            raw = handle.read(cap + 1)  # the file may have grown since stat
-    elif hasattr(data, "read"):
-        raw = data.read(cap + 1)
-        if not isinstance(raw, bytes):
-            raise _refuse("file object must be opened in binary mode", "E_IMAGE_INPUT", filename)
-    else:
-        raise _refuse(f"expected bytes, a path or a binary file object, got {type(data).__name__}", "E_IMAGE_INPUT",
-                      filename)
-    if len(raw) > cap:
-        raise _refuse(f"image is over the limit of {cap} bytes", "E_IMAGE_TOO_LARGE", filename,
-                      nbytes=len(raw), limit=cap)
-    if not raw:
-        raise _refuse("image is empty (0 bytes)", "E_IMAGE_EMPTY", filename)
-    return raw
+@contextlib.contextmanager
+def _read_capped(data: ImageInput, limits: ImageLimits, filename: str | None
+                 ) -> collections.abc.Iterator[tuple[bytes | mmap.mmap, BinaryIO | None]]:
+    """The input's bytes (or a read-only map of a large file, with the open file), refusing anything over the cap
+    before reading it all."""
+    cap = limits.max_upload_bytes
+    handle: BinaryIO | None = None
+    with contextlib.ExitStack() as stack:
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            raw: bytes | mmap.mmap = data if isinstance(data, bytes) else bytes(data)
+        elif isinstance(data, (str, os.PathLike)):
+            path = Path(data)
+            try:
+                size = path.stat().st_size
+            except (FileNotFoundError, NotADirectoryError):
+                raise _refuse(f"image file not found: {path.name}", "E_IMAGE_NOT_FOUND", filename) from None
+            if not path.is_file():
+                raise _refuse(f"not a regular file: {path.name}", "E_IMAGE_NOT_FOUND", filename)
+            if size > cap:
+                raise _refuse(f"image is {size} bytes, over the limit of {cap}", "E_IMAGE_TOO_LARGE", filename,
+                              nbytes=size, limit=cap)
+            handle = stack.enter_context(path.open("rb"))
+            if size > limits.mmap_threshold:
+                raw = stack.enter_context(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))
+            else:
+                raw = handle.read(cap + 1)  # the file may have grown since stat
+                handle = None
+        elif hasattr(data, "read"):
+            raw = data.read(cap + 1)
+            if not isinstance(raw, bytes):
+                raise _refuse("file object must be opened in binary mode", "E_IMAGE_INPUT", filename)
+        else:
+            raise _refuse(f"expected bytes, a path or a binary file object, got {type(data).__name__}",
+                          "E_IMAGE_INPUT", filename)
+        if len(raw) > cap:
+            raise _refuse(f"image is over the limit of {cap} bytes", "E_IMAGE_TOO_LARGE", filename,
+                          nbytes=len(raw), limit=cap)
+        if not len(raw):
+            raise _refuse("image is empty (0 bytes)", "E_IMAGE_EMPTY", filename)
+        yield raw, handle
 
 
-def sniff_format(data: bytes) -> str | None:
+def sniff_format(data: bytes | mmap.mmap) -> str | None:
     """The Pillow format name from the leading bytes (JPEG, PNG, WEBP, HEIF), or None if not allowed."""
+    data = bytes(data[:64])
     if data.startswith(b"\xff\xd8\xff"):
         return "JPEG"
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
@@ -188,9 +244,6 @@ def _jpeg_layout(data: bytes) -> tuple[int | None, list[tuple[int, int]]]:
     return None, skips
 
 
-def _jpeg_end(data: bytes) -> int | None:
-    """Offset just after the JPEG's EOI marker (walking segments and entropy-coded data), or None."""
-    return _jpeg_layout(data)[0]
 
 
 def _png_layout(data: bytes) -> tuple[int | None, list[tuple[int, int]]]:
@@ -208,9 +261,6 @@ def _png_layout(data: bytes) -> tuple[int | None, list[tuple[int, int]]]:
     return None, skips
 
 
-def _png_end(data: bytes) -> int | None:
-    """Offset just after the PNG's IEND chunk, or None."""
-    return _png_layout(data)[0]
 
 
 def _webp_layout(data: bytes) -> tuple[int | None, list[tuple[int, int]]]:
@@ -250,9 +300,6 @@ def _bmff_layout(data: bytes) -> tuple[int | None, list[tuple[int, int]]]:
     return min(pos, n), skips
 
 
-def _bmff_end(data: bytes) -> int | None:
-    """Offset after the last well-formed top-level ISO-BMFF box (HEIF)."""
-    return _bmff_layout(data)[0]
 
 
 def _layout(data: bytes, fmt: str) -> tuple[int | None, list[tuple[int, int]]]:
@@ -266,8 +313,6 @@ def _layout(data: bytes, fmt: str) -> tuple[int | None, list[tuple[int, int]]]:
     return _bmff_layout(data)
 
 
-def _image_end(data: bytes, fmt: str) -> int | None:
-    return _layout(data, fmt)[0]
 
 
 def _find_markup(data: bytes, skips: list[tuple[int, int]]) -> re.Match[bytes] | None:
@@ -305,7 +350,7 @@ def _check_polyglot(data: bytes, fmt: str, filename: str | None) -> None:
     logger.debug("image %s has %d trailing bytes after its end (tolerated)", filename or "<bytes>", len(trailer))
 
 
-def _register_heif() -> None:
+def register_heif() -> None:
     """Teach Pillow to read HEIC/HEIF, once, on first need (importing pillow_heif is not free)."""
     global _heif_registered
     with _heif_lock:
@@ -316,70 +361,73 @@ def _register_heif() -> None:
             _heif_registered = True
 
 
-def register_heif() -> None:
-    """Teach Pillow to read HEIC/HEIF (idempotent; for decoders outside this module)."""
-    _register_heif()
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """``amulet_lab.pixels.to_rgb`` (kept under its old name for callers)."""
-    return to_rgb(image)
-
-
 def validate_image(
-    data: ImageInput, *, filename: str | None = None, settings: Settings | None = None,
-    draft_size: int | None = None,
+    data: ImageInput, *, filename: str | None = None, limits: ImageLimits | None = None,
+    draft_size: int | None = None, draft_max_side: int | None = None, sha256: str | None = None,
 ) -> ValidatedImage:
     """Check untrusted image input step by step and return it decoded, upright and RGB (see the module doc).
 
-    ``draft_size``: a JPEG may be decoded at a reduced libjpeg scale that keeps both sides >= this size
-    (every byte is still decoded, so truncation is still refused); ``width``/``height`` are then the decoded size.
+    ``draft_size``: a JPEG may be decoded at a reduced libjpeg scale that keeps both sides >= this size;
+    ``draft_max_side``: one that keeps the longest side >= this size (every byte is still decoded, so
+    truncation is still refused; other formats decode at full size). ``sha256``: the content hash when the
+    caller already computed it (``content_hash``), so the bytes are hashed once.
     """
     from PIL import Image, ImageOps
 
-    if settings is None:
-        from amulet_lab.config import get_settings
-
-        settings = get_settings()
+    limits = limits if limits is not None else ImageLimits()
+    if not isinstance(limits, ImageLimits):
+        raise ValidationError("limits must be an ImageLimits", field="limits", value=type(limits).__name__,
+                              code="E_IMAGE_LIMITS")
     if filename is None and isinstance(data, (str, os.PathLike)):
         filename = Path(data).name
     shown = safe_filename(filename) if filename else None
-    raw = _read_capped(data, settings.max_upload_bytes, shown)
-    fmt = sniff_format(raw)
-    if fmt is None:
-        raise _refuse("not a JPEG, PNG, WebP or HEIC/HEIF image (checked by content, not by name)",
-                      "E_IMAGE_SIGNATURE", shown, head=raw[:8].hex())
-    _check_polyglot(raw, fmt, shown)
-    if fmt == "WEBP" and 8 + struct.unpack("<I", raw[4:8])[0] > len(raw):
-        raise _refuse("WebP file is truncated (shorter than its RIFF header says)", "E_IMAGE_TRUNCATED", shown)
-    if fmt == "HEIF":
-        _register_heif()
-
-    try:
-        image = Image.open(io.BytesIO(raw), formats=[fmt])
-    except Image.DecompressionBombError as exc:  # Pillow's own (looser) limit tripped while reading the header
-        raise _hostile(f"image header claims too many pixels: {exc}", "E_IMAGE_BOMB", shown) from exc
-    except DECODE_ERRORS as exc:
-        raise _decode_error(exc, fmt, shown, "open") from exc
-    # No ``with``: closing would free the pixels, and the BytesIO holds no OS resource.
-    width, height = image.size
-    try:
-        check_dimensions(width, height, max_side=settings.max_image_side, max_pixels=settings.max_image_pixels,
-                         filename=shown)
-    except SecurityError as exc:
-        logger.warning("refused image %s: %s [%s]", shown or "<bytes>", exc.message, exc.code)
-        raise
-    try:
-        if draft_size and fmt == "JPEG":
-            image.draft("RGB", (draft_size, draft_size))
-        image.load()
-        ImageOps.exif_transpose(image, in_place=True)  # in place: a copy would cost a full frame
-        rgb = to_rgb(image)
-    except Image.DecompressionBombError as exc:
-        raise _hostile(f"image decodes to too many pixels: {exc}", "E_IMAGE_BOMB", shown) from exc
-    except DECODE_ERRORS as exc:
-        raise _decode_error(exc, fmt, shown, "decode") from exc
-    return ValidatedImage(rgb, fmt, rgb.width, rgb.height, len(raw), hashlib.sha256(raw).hexdigest())
+    with _read_capped(data, limits, shown) as (raw, handle):
+        fmt = sniff_format(raw)
+        if fmt is None:
+            raise _refuse("not a JPEG, PNG, WebP or HEIC/HEIF image (checked by content, not by name)",
+                          "E_IMAGE_SIGNATURE", shown, head=bytes(raw[:8]).hex())
+        _check_polyglot(raw, fmt, shown)
+        if fmt == "WEBP" and 8 + struct.unpack("<I", raw[4:8])[0] > len(raw):
+            raise _refuse("WebP file is truncated (shorter than its RIFF header says)", "E_IMAGE_TRUNCATED", shown)
+        if fmt == "HEIF":
+            register_heif()
+        digest = sha256 if sha256 is not None else content_hash(raw)
+        nbytes = len(raw)
+        if handle is not None:
+            handle.seek(0)
+        source = handle if handle is not None else io.BytesIO(raw)  # a BytesIO over bytes shares the buffer
+        try:
+            image = Image.open(source, formats=[fmt])
+        except Image.DecompressionBombError as exc:  # Pillow's own (looser) limit tripped while reading the header
+            raise _hostile(f"image header claims too many pixels: {exc}", "E_IMAGE_BOMB", shown) from exc
+        except DECODE_ERRORS as exc:
+            raise _decode_error(exc, fmt, shown, "open") from exc
+        # No ``with``: closing would free the pixels, and the BytesIO holds no OS resource.
+        width, height = image.size
+        try:
+            check_dimensions(width, height, max_side=limits.max_image_side, max_pixels=limits.max_image_pixels,
+                             filename=shown)
+        except SecurityError as exc:
+            logger.warning("refused image %s: %s [%s]", shown or "<bytes>", exc.message, exc.code)
+            raise
+        try:
+            if fmt == "JPEG" and (draft_size or draft_max_side):
+                if draft_max_side:
+                    scale = min(1.0, draft_max_side / max(width, height))
+                    image.draft("RGB", (max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))))
+                else:
+                    image.draft("RGB", (draft_size, draft_size))
+            image.load()
+            turned = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # orientations that swap the sides
+            ImageOps.exif_transpose(image, in_place=True)  # in place: a copy would cost a full frame
+            rgb = to_rgb(image)
+        except Image.DecompressionBombError as exc:
+            raise _hostile(f"image decodes to too many pixels: {exc}", "E_IMAGE_BOMB", shown) from exc
+        except DECODE_ERRORS as exc:
+            raise _decode_error(exc, fmt, shown, "decode") from exc
+    if turned:
+        width, height = height, width
+    return ValidatedImage(rgb, fmt, width, height, nbytes, digest)
 
 
 def _decode_error(exc: BaseException, fmt: str, filename: str | None, stage: str) -> ValidationError:

@@ -26,6 +26,14 @@ def settings() -> Settings:
     return load_settings({}, dotenv=None)
 
 
+@pytest.fixture
+def limits():
+    """The decoder's default limits (the documented defaults)."""
+    from amulet_lab.security import ImageLimits
+
+    return ImageLimits()
+
+
 @pytest.fixture(autouse=True)
 def _fresh_settings_cache():
     """Each test starts with no cached process settings."""

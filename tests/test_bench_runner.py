@@ -26,12 +26,12 @@ def classifier(tiny_checkpoint):
     from amulet_lab.config import load_settings
     from amulet_lab.model import AmuletClassifier
 
-    return AmuletClassifier.from_checkpoint(tiny_checkpoint, settings=load_settings({}, dotenv=None))
+    return AmuletClassifier.from_settings(load_settings({}, dotenv=None), tiny_checkpoint)
 
 
 @pytest.mark.slow
 def test_every_scenario_runs_and_is_recorded(classifier, tmp_path, settings):
-    shared = classifier.cache.get_stats()
+    shared = classifier.cache.stats()
     run = run_benchmarks(SCENARIOS, classifier=classifier, history_dir=tmp_path, batch_sizes=[1, 2], samples=4, min_duration_s=0.0,
                          duration_s=0.3, server_threads=1, search_steps=1, threads=1, progress=False, settings=settings,
                          latency_bound_ms=2000.0)
@@ -63,7 +63,7 @@ def test_every_scenario_runs_and_is_recorded(classifier, tmp_path, settings):
     assert "history records appended: 6" in run.facts()
     assert run.summary_frame().shape[0] == 6 and "Benchmark run" in run._repr_html_()
     # Neither the uncached scenarios nor the cache scenario (private cache) touched the classifier's cache.
-    after = classifier.cache.get_stats()
+    after = classifier.cache.stats()
     assert (after["hits"], after["misses"]) == (shared["hits"], shared["misses"])
     assert len(History(tmp_path)) == 6
 
@@ -90,10 +90,11 @@ def test_seeded_regression_is_flagged_and_unchanged_code_is_not(tiny_checkpoint,
 
     50 ms, several times the tiny model's latency: outside load on a shared machine has been seen to inflate the
     clean baseline threefold, and the seeded run must still stand out against it."""
+    from amulet_lab.bench.runner import with_preprocess_delay
     from amulet_lab.model import AmuletClassifier
 
     def bench(delay_ms: float, history):
-        clf = AmuletClassifier.from_checkpoint(tiny_checkpoint, settings=settings.replace(test_preprocess_delay_ms=delay_ms))
+        clf = with_preprocess_delay(AmuletClassifier.from_checkpoint(tiny_checkpoint), delay_ms)
         return run_benchmarks(["single_stream"], classifier=clf, history_dir=history, samples=12, min_duration_s=0.5,
                               threads=1, progress=False, settings=settings)
 
@@ -102,7 +103,7 @@ def test_seeded_regression_is_flagged_and_unchanged_code_is_not(tiny_checkpoint,
     assert len(unchanged.baseline_runs) == 1
     assert unchanged.regressions == [], unchanged.to_text()
     slow = bench(50.0, history)
-    # The record says the run was seeded (from the classifier's settings, not only the run's).
+    # The record says the run was seeded (from the classifier's wrapper, not only the run's settings).
     assert {r["settings"]["test_preprocess_delay_ms"] for r in slow.records} == {50.0}
     flagged = compare(History(history))
     assert flagged.run_id == slow.run_id and len(flagged.baseline_runs) == 2

@@ -216,10 +216,13 @@ def test_ttl_validation_and_infinite_ttl():
     assert cache.get("k") == 1
 
 
-def test_defaults_come_from_settings(settings):
-    s = settings.replace(cache_max_size=1234, cache_default_ttl=7.0)
-    cache = TTLCache(settings=s)
-    assert cache.max_bytes == 1234 and cache.default_ttl == 7.0 and cache.max_items == math.inf
+def test_defaults_are_the_documented_ones_and_read_no_settings(settings, monkeypatch):
+    monkeypatch.setenv("AMULET_CACHE_MAX_SIZE", "1234")
+    cache = TTLCache()
+    assert (cache.max_bytes, cache.default_ttl) == (settings.cache_max_size, settings.cache_default_ttl)
+    assert cache.max_items == math.inf
+    unbounded = TTLCache(None, None, None)
+    assert unbounded.max_bytes == unbounded.max_items == unbounded.default_ttl == math.inf
 
 
 # ---- resize / shrink / clear ------------------------------------------------------------

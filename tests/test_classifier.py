@@ -11,13 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from amulet_lab.cache import ImageCache
 from amulet_lab.errors import ModelError, ValidationError
-from amulet_lab.model import AmuletClassifier, confidence_band, default_checkpoint_path
+from amulet_lab.model import AmuletClassifier, PredictionCache, confidence_band, default_checkpoint_path
+from amulet_lab.security import ImageLimits
 from amulet_lab.perf import PerformanceMonitor
 from model_helpers import tiny_checkpoint, tiny_dataset
 
-STAGES = {"decode", "preprocess", "infer", "postprocess", "total"}
+STAGES = {"lookup", "decode", "preprocess", "infer", "postprocess", "total"}
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +28,8 @@ def trained(tmp_path_factory):
 
 
 @pytest.fixture
-def clf(trained, settings):
-    return AmuletClassifier.from_checkpoint(trained[0], settings=settings, cache=ImageCache(settings=settings),
-                                            monitor=PerformanceMonitor())
+def clf(trained):
+    return AmuletClassifier.from_checkpoint(trained[0], cache=PredictionCache(), monitor=PerformanceMonitor())
 
 
 def _inputs(path):
@@ -71,8 +70,8 @@ def test_batch_equals_single(clf, trained):
         clf.predict_batch(paths, batch_size=0)
 
 
-def test_eight_threads_give_the_same_results_as_one(trained, settings):
-    clf = AmuletClassifier.from_checkpoint(trained[0], settings=settings, cache=False, monitor=PerformanceMonitor())
+def test_eight_threads_give_the_same_results_as_one(trained):
+    clf = AmuletClassifier.from_checkpoint(trained[0], cache=False, monitor=PerformanceMonitor())
     paths = trained[1][:6]
     expected = [clf.predict(p).probabilities for p in paths]
     barrier = threading.Barrier(8)
@@ -92,11 +91,15 @@ def test_repeated_image_comes_from_the_cache(clf, trained):
     path = trained[1][2]
     first = clf.predict(path)
     second = clf.predict(path)
+    assert (first.cache, second.cache) == ("miss", "local")
     assert not first.cache_hit and second.cache_hit
-    assert second.probabilities == first.probabilities
-    assert second.timings["preprocess"] == 0.0
+    assert second.probabilities == first.probabilities and second.is_unknown == first.is_unknown
+    # a hit skips decoding and inference: the answer, not the input, is cached
+    assert second.timings["decode"] == second.timings["preprocess"] == second.timings["infer"] == 0.0
+    assert clf.predict(path, top_k=5).top_k[:3] == first.top_k  # any top_k is served from the one answer
+    assert second.source == first.source and first.source["format"] == "JPEG"
     assert clf.predict(np.asarray(Image.open(path).convert("RGB"))).cache_hit is False
-    assert clf.cache.get_stats()["hits"] >= 1
+    assert clf.cache.stats()["hits"] >= 2
 
 
 def test_every_call_records_into_the_monitor(clf, trained):
@@ -133,7 +136,7 @@ def bundled(tmp_path_factory):
     if not default_checkpoint_path().is_file():
         pytest.skip("data/models/amulet6-synth.pt is not built")
     quiet = load_settings(environ={}, dotenv=None)
-    return AmuletClassifier.from_checkpoint(settings=quiet, cache=False, monitor=PerformanceMonitor())
+    return AmuletClassifier.from_settings(quiet, cache=False, monitor=PerformanceMonitor())
 
 
 def test_pair_agreement_on_known_pieces(bundled):
@@ -182,22 +185,57 @@ def test_cached_counts_are_exact_under_eight_threads(clf, trained):
     with ThreadPoolExecutor(8) as pool:
         hits = sum(pool.map(work, range(8)))
     assert clf.model_status()["predictions"] - before == 8 * calls
-    # get_or_compute: each distinct image is decoded once however many threads asked for it at once.
+    # get_or_compute: each distinct image is decoded and inferred once however many threads asked at once.
     assert hits == 8 * calls - len(paths)
+    assert clf.stats()["decodes"] == len(paths)
 
 
-def test_oversized_input_is_not_hashed(trained, settings):
-    small = settings.replace(max_upload_bytes=100)
-    clf = AmuletClassifier.from_checkpoint(trained[0], settings=small, cache=ImageCache(settings=small),
+def test_oversized_input_is_not_hashed(trained):
+    clf = AmuletClassifier.from_checkpoint(trained[0], limits=ImageLimits(max_upload_bytes=100),
                                            monitor=PerformanceMonitor())
     data = trained[1][0].read_bytes()
-    assert clf._cache_key(data) is None and clf._cache_key(trained[1][0]) is None
-    assert clf._cache_key(np.zeros((20, 20, 3), np.uint8)) is None
+    assert clf.content_key(data) is None and clf.content_key(trained[1][0]) is None
+    assert clf.content_key(np.zeros((20, 20, 3), np.uint8)) is None
     with pytest.raises(ValidationError):
         clf.predict(data)
     arr = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
-    assert clf._cache_key(arr) is not None  # 12 bytes: hashed through a byte view
-    assert clf._cache_key(arr) == clf._cache_key(arr.copy()) != clf._cache_key(arr + 1)
+    assert clf.content_key(arr) is not None  # 12 bytes: hashed through a byte view
+    assert clf.content_key(arr) == clf.content_key(arr.copy()) != clf.content_key(arr + 1)
+
+
+def test_bytes_and_their_file_share_one_answer_and_one_hash(clf, trained):
+    import hashlib
+
+    path = trained[1][3]
+    data = path.read_bytes()
+    assert clf.content_key(data) == clf.content_key(path) == hashlib.sha256(data).hexdigest()
+    assert clf.predict(path).cache == "miss" and clf.predict(data).cache == "local"
+
+
+def test_a_new_model_never_serves_an_old_answer(trained):
+    from amulet_lab.model import load_checkpoint
+
+    shared = PredictionCache()
+    one = AmuletClassifier.from_checkpoint(trained[0], cache=shared, monitor=PerformanceMonitor())
+    ck = load_checkpoint(trained[0])
+    ck.temperature *= 2  # recalibrated: another model as far as answers go
+    two = AmuletClassifier(ck, cache=shared, monitor=PerformanceMonitor())
+    assert one.fingerprint != two.fingerprint
+    path = trained[1][0]
+    assert one.predict(path).cache == "miss" and two.predict(path).cache == "miss"
+    assert one.predict(path).cache == two.predict(path).cache == "local" and len(shared) == 2
+
+
+def test_batch_answers_repeats_from_the_cache_and_duplicates_once(clf, trained):
+    paths = trained[1][:4]
+    clf.predict(paths[0])
+    before = clf.stats()["decodes"]
+    preds = clf.predict_batch([paths[0], paths[1], paths[1], paths[2]], batch_size=2)
+    assert [p.cache for p in preds] == ["local", "miss", "local", "miss"]
+    assert clf.stats()["decodes"] - before == 2  # paths[1] once, paths[2] once, paths[0] not at all
+    assert preds[1].probabilities == preds[2].probabilities
+    again = clf.predict_batch(paths[:3])
+    assert [p.cache for p in again] == ["local"] * 3
 
 
 def test_bad_inputs_raise_coded_errors(clf, tmp_path):
@@ -218,8 +256,11 @@ def test_bands_follow_settings(trained, settings):
     assert confidence_band(0.95) == "reliable" and confidence_band(0.8) == "verify" and confidence_band(0.5) == "retake"
     assert confidence_band(0.5, reliable=0.6, verify=0.4) == "verify"
     loose = settings.replace(band_reliable=0.15, band_verify=0.1)
-    clf = AmuletClassifier.from_checkpoint(trained[0], settings=loose, cache=False, monitor=PerformanceMonitor())
+    clf = AmuletClassifier.from_settings(loose, trained[0], cache=False, monitor=PerformanceMonitor())
     assert clf.predict(trained[1][0]).confidence_band == "reliable"  # any max prob of 6 classes is >= 1/6
+    assert AmuletClassifier.from_settings(settings, trained[0]).cache is not None
+    off = AmuletClassifier.from_settings(settings.replace(cache_max_size=0), trained[0])  # 0: no prediction cache
+    assert off.cache is None and off.predict(trained[1][0]).cache == off.predict(trained[1][0]).cache == "miss"
 
 
 def test_status_repr_and_missing_default(clf, settings, tmp_path):
@@ -227,16 +268,20 @@ def test_status_repr_and_missing_default(clf, settings, tmp_path):
     assert st["loaded"] and st["arch"] == "tiny" and st["num_classes"] == 6 and st["parameters"] > 0
     assert "AmuletClassifier" in repr(clf) and "<b>AmuletClassifier</b>" in clf._repr_html_()
     missing = settings.replace(model_path=str(tmp_path / "none.pt"))
-    assert default_checkpoint_path(missing) == tmp_path / "none.pt"
+    assert default_checkpoint_path(missing.model_path) == tmp_path / "none.pt"
     with pytest.raises(ModelError) as err:
-        AmuletClassifier.from_checkpoint(settings=missing)
+        AmuletClassifier.from_settings(missing)
     assert err.value.code == "E_CHECKPOINT_MISSING"
 
 
-def test_preprocess_delay_setting_slows_preprocessing(trained, settings):
-    slow = settings.replace(test_preprocess_delay_ms=30.0)
-    clf = AmuletClassifier.from_checkpoint(trained[0], settings=slow, cache=False, monitor=PerformanceMonitor())
-    assert clf.predict(trained[1][0]).timings["preprocess"] >= 30.0
+def test_the_classifier_reads_no_settings(trained, monkeypatch):
+    """Settings are read at the edges: the environment changes nothing a classifier built from values does."""
+    monkeypatch.setenv("AMULET_BAND_RELIABLE", "0.15")
+    monkeypatch.setenv("AMULET_BAND_VERIFY", "0.1")
+    monkeypatch.setenv("AMULET_MAX_UPLOAD_BYTES", "10")
+    clf = AmuletClassifier.from_checkpoint(trained[0], cache=False, monitor=PerformanceMonitor())
+    assert clf.bands == (0.9, 0.7) and clf.limits == ImageLimits()
+    assert clf.predict(trained[1][0]).label
 
 
 def test_truncated_upload_is_refused_even_with_draft_decoding(clf, trained):
@@ -252,9 +297,11 @@ def test_pipeline_micro_benchmark_quick_has_its_figures():
 
     result = run(quick=True)
     assert isinstance(result, MicroResult) and result.name == "pipeline"
-    assert set(result.targets) == {"batched_vs_naive", "draft_vs_full_decode", "cached_vs_uncached_input"}
+    assert set(result.targets) == {"batched_vs_naive", "draft_vs_full_decode", "repeated_vs_new_bytes",
+                                   "repeated_vs_new_path"}
     assert all(value > 0 for value in result.ratios.values())
-    assert {"batched_images_per_s", "draft_decode_resize_ms", "input_cached_ms"} <= set(result.figures)
+    assert {"batched_images_per_s", "draft_decode_resize_ms", "repeated_bytes_ms", "input_cache_would_cost_ms"} <= set(
+        result.figures)
     assert set(result.verdicts()) == set(result.targets)
 
 
@@ -268,7 +315,7 @@ def test_non_amulets_come_out_unknown(trained, settings, tmp_path):
     ck = tmp_path / "features.pt"
     train(data, out=ck, config=TrainConfig(arch="features", img_size=48, feature_views=3), val_fraction=0.25,
           progress=False)
-    clf = AmuletClassifier.from_checkpoint(ck, settings=settings, cache=False, monitor=PerformanceMonitor())
+    clf = AmuletClassifier.from_checkpoint(ck, cache=False, monitor=PerformanceMonitor())
     negatives = synthesize_unknowns(tmp_path / "neg", 6, seed=11, size=64)
     preds = clf.predict_batch(negatives)
     assert all(p.is_unknown for p in preds), [(n.name, p.confidence, p.distance) for n, p in zip(negatives, preds)]

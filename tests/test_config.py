@@ -19,9 +19,10 @@ from amulet_lab.errors import SecurityError, ValidationError
 
 def test_defaults_match_the_design():
     s = load_settings({}, dotenv=None)
-    assert (s.cache_max_size, s.cache_default_ttl, s.image_cache_size, s.image_cache_ttl) == (104857600, 3600, 500, 1800)
+    assert (s.cache_max_size, s.cache_default_ttl) == (104857600, 3600)
     assert (s.memory_warning_threshold, s.memory_critical_threshold) == (0.8, 0.9)
-    assert (s.mmap_threshold, s.large_image_threshold) == (52428800, 10485760)
+    # Below the 20 MB upload limit, so a large upload read from disk is mapped, never held twice.
+    assert s.mmap_threshold == 4_194_304 < s.max_upload_bytes
     assert (s.connection_pool_size, s.chunk_size, s.thread_pool_size) == (100, 8192, 4)
     assert s.debug is False and s.secret_key is None and s.log_format == "text"
 
@@ -47,7 +48,7 @@ def test_environment_wins_over_dotenv(tmp_path):
     [
         ("AMULET_CACHE_MAX_SIZE", "lots"),
         ("AMULET_CACHE_MAX_SIZE", "-1"),
-        ("AMULET_IMAGE_CACHE_TTL", "nan"),
+        ("AMULET_CACHE_DEFAULT_TTL", "nan"),
         ("AMULET_MEMORY_WARNING_THRESHOLD", "1.5"),
         ("AMULET_DEBUG", "maybe"),
         ("AMULET_LOG_FORMAT", "xml"),
@@ -122,7 +123,7 @@ def test_no_variable_is_dead():
     assert not dead, f"variables nobody reads: {dead}"
 
 
-@pytest.mark.parametrize("name", ["AMULET_CACHE_DEFAULT_TTL", "AMULET_IMAGE_CACHE_SIZE", "AMULET_CACHE_MAX_SIZE",
+@pytest.mark.parametrize("name", ["AMULET_CACHE_DEFAULT_TTL", "AMULET_THREAD_POOL_SIZE", "AMULET_MAX_UPLOAD_BYTES",
                                   "AMULET_HTTP_TIMEOUT", "AMULET_MEMORY_BUDGET_MB"])
 def test_zero_is_refused_where_it_makes_no_sense(name):
     with pytest.raises(ValidationError) as info:

@@ -30,15 +30,15 @@ def jpeg(color=(200, 30, 30)) -> bytes:
     return buf.getvalue()
 
 
-def test_same_photo_under_two_names_hits_and_a_new_transform_misses(settings, tmp_path):
-    cache = ImageCache(settings=settings)
+def test_same_photo_under_two_names_hits_and_a_new_transform_misses(tmp_path):
+    cache = ImageCache()
     data = jpeg()
     (tmp_path / "a.jpg").write_bytes(data)
     (tmp_path / "copy of a.jpg").write_bytes(data)
     key_a = cache.key_for(tmp_path / "a.jpg", "size224")
     key_b = cache.key_for(str(tmp_path / "copy of a.jpg"), "size224")
     assert key_a == key_b == cache.key_for(data, "size224")
-    assert key_a.startswith(hashlib.blake2b(data, digest_size=16).hexdigest())
+    assert key_a.startswith(hashlib.sha256(data).hexdigest())
     cache.put(key_a, np.ones((3, 4), dtype=np.float32))
     assert cache.get_image(key_b) is not None
     assert cache.get_image(cache.key_for(data, "size128")) is None
@@ -47,8 +47,8 @@ def test_same_photo_under_two_names_hits_and_a_new_transform_misses(settings, tm
     assert (s["hits"], s["misses"], s["hit_rate"], s["size"], s["total_size_bytes"]) == (1, 1, 0.5, 1, 48)
 
 
-def test_paths_are_streamed_in_chunks(settings, tmp_path, monkeypatch):
-    cache = ImageCache(settings=settings.replace(chunk_size=1000))
+def test_paths_are_streamed_in_chunks(tmp_path, monkeypatch):
+    cache = ImageCache(chunk_size=1000)
     big = bytes(range(256)) * 40  # 10240 bytes
     path = tmp_path / "big.bin"
     path.write_bytes(big)
@@ -71,12 +71,12 @@ def test_paths_are_streamed_in_chunks(settings, tmp_path, monkeypatch):
 
     # key_for streams through amulet_lab.files.hash_stream: spy on the file it opens there.
     monkeypatch.setattr(files_module, "open", lambda *a, **k: Spy(open(*a, **k)), raising=False)
-    assert cache.key_for(path) == hashlib.blake2b(big, digest_size=16).hexdigest()
+    assert cache.key_for(path) == hashlib.sha256(big).hexdigest()
     assert max(reads) <= 1000 and sum(reads) == len(big)  # whole file once, never more than a chunk at a time
 
 
-def test_cache_image_returns_the_content_key(settings):
-    cache = ImageCache(settings=settings)
+def test_cache_image_returns_the_content_key():
+    cache = ImageCache()
     data = jpeg()
     key = cache.cache_image(data, "user_image.jpg")
     assert key == cache.key_for(data) and cache.get_image(key) == data and key in cache
@@ -89,9 +89,9 @@ def test_cache_image_returns_the_content_key(settings):
     assert err.value.code == "E_FILE_NOT_FOUND"
 
 
-def test_bounds_from_settings_and_ttl(settings):
+def test_bounds_and_ttl():
     clock = Clock()
-    cache = ImageCache(settings=settings.replace(image_cache_size=3, image_cache_ttl=10.0), timer=clock)
+    cache = ImageCache(3, 10.0, timer=clock)
     for i in range(5):
         cache.put(f"k{i}", b"x")
     assert len(cache) == 3 and cache.get_stats()["evictions"]["lru"] == 2
@@ -99,8 +99,8 @@ def test_bounds_from_settings_and_ttl(settings):
     assert cache.get_image("k4") is None and len(cache) == 0
 
 
-def test_shrink_and_get_or_compute(settings):
-    cache = ImageCache(max_items=10, ttl=60, settings=settings)
+def test_shrink_and_get_or_compute():
+    cache = ImageCache(max_items=10, ttl=60)
     for i in range(10):
         cache.put(f"k{i}", b"x")
     assert cache.shrink(0.3) == 3 and "k0" not in cache and "k3" in cache
@@ -111,8 +111,8 @@ def test_shrink_and_get_or_compute(settings):
     assert "ImageCache" in repr(cache) and "<table>" in cache._repr_html_()
 
 
-def test_byte_bound_comes_from_cache_max_size(settings):
-    cache = ImageCache(max_items=100, ttl=60, settings=settings.replace(cache_max_size=100))
+def test_byte_bound():
+    cache = ImageCache(max_items=100, ttl=60, max_bytes=100)
     cache.put("a", b"x" * 60)
     cache.put("b", b"x" * 60)  # 120 bytes > 100: the least recently used goes
     assert "a" not in cache and "b" in cache and cache.get_stats()["total_size_bytes"] == 60
@@ -121,16 +121,16 @@ def test_byte_bound_comes_from_cache_max_size(settings):
     assert err.value.code == "E_CACHE_VALUE_TOO_LARGE"
 
 
-def test_module_instance_is_lazy_and_shared(settings):
+def test_module_instance_is_lazy_and_shared():
     cache_module._reset_image_cache()
     try:
         assert cache_module._image_cache is None  # nothing built at import
         assert cache_module.peek_image_cache() is None  # peeking never creates it
         assert cache_module._image_cache is None
-        first = get_image_cache(settings.replace(image_cache_size=7))
+        first = get_image_cache()
         assert cache_module.image_cache is first and get_image_cache() is first
         assert cache_module.peek_image_cache() is first
-        assert first.get_stats()["max_size"] == 7
+        assert first.get_stats()["max_size"] == 500
         with pytest.raises(AttributeError):
             cache_module.no_such_thing  # noqa: B018
     finally:

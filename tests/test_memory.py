@@ -14,6 +14,7 @@ import pytest
 from memory_helpers import resident_block
 
 from amulet_lab.errors import MemoryBudgetExceeded, SecurityError, ValidationError
+from amulet_lab.security import ImageLimits
 from amulet_lab.memory import (
     GCManager,
     MemoryMonitor,
@@ -59,13 +60,13 @@ class FakeCache:
 @pytest.fixture
 def fakes(settings):
     process, system = FakeProcess(100), FakeSystem(0.1)
-    monitor = MemoryMonitor(settings, process=process, virtual_memory=system, builtin_responders=False,
-                            timer=lambda: 42.0)
+    monitor = MemoryMonitor.from_settings(settings, process=process, virtual_memory=system, builtin_responders=False,
+                                          timer=lambda: 42.0)
     return monitor, process, system
 
 
 def test_current_usage_of_this_process_is_sane(settings):
-    monitor = MemoryMonitor(settings)
+    monitor = MemoryMonitor()
     usage = monitor.get_current_usage()
     assert isinstance(usage, MemoryUsage)
     assert 5 < usage.rss_mb < usage.system_total_mb and 0 < usage.percent < 1
@@ -110,8 +111,7 @@ def test_pressure_levels_on_the_system_basis_and_responders_run_only_when_rising
 
 def test_budget_basis_raises_the_level_when_the_process_nears_its_budget(settings):
     process, system = FakeProcess(170), FakeSystem(0.1)
-    monitor = MemoryMonitor(settings.replace(memory_budget_mb=200.0), process=process, virtual_memory=system,
-                            builtin_responders=False)
+    monitor = MemoryMonitor(budget_mb=200.0, process=process, virtual_memory=system, builtin_responders=False)
     check = monitor.check_memory_pressure()
     assert check["level"] == "warning" and check["process_budget_fraction"] == pytest.approx(0.85)
     assert check["basis"].startswith("max(") and check["score"] == pytest.approx(0.85)
@@ -122,7 +122,7 @@ def test_budget_basis_raises_the_level_when_the_process_nears_its_budget(setting
 def test_shrink_caches_responder_and_a_failing_responder_is_recorded(fakes, settings):
     monitor, _, system = fakes
     cache_a, cache_b = FakeCache(), FakeCache()
-    monitor.register_responder(shrink_caches_responder([cache_a, cache_b], settings=settings))
+    monitor.register_responder(shrink_caches_responder([cache_a, cache_b], settings.cache_shrink_fraction))
 
     def broken(level, check):
         raise RuntimeError("responder bug")
@@ -146,7 +146,7 @@ def test_shrink_caches_responder_and_a_failing_responder_is_recorded(fakes, sett
 def test_shrink_responder_works_on_the_real_cache(settings):
     from amulet_lab.cache import TTLCache
 
-    cache = TTLCache(max_items=100, settings=settings)
+    cache = TTLCache(max_items=100)
     for i in range(10):
         cache.set(i, i)
     dropped = shrink_caches_responder([cache], 0.5)("warning", {})
@@ -155,7 +155,7 @@ def test_shrink_responder_works_on_the_real_cache(settings):
 
 def test_builtin_gc_responder_runs_on_rise(settings):
     system = FakeSystem(0.1)
-    monitor = MemoryMonitor(settings, process=FakeProcess(50), virtual_memory=system)
+    monitor = MemoryMonitor.from_settings(settings, process=FakeProcess(50), virtual_memory=system)
     system.used = 0.95
     monitor.check_memory_pressure()
     response = monitor.events[-1]["responses"]["gc_responder"]
@@ -205,8 +205,8 @@ def test_image_cache_responder_peeks_and_uses_the_monitors_settings(settings):
     from amulet_lab.memory import image_cache_responder
 
     system = FakeSystem(0.1)
-    monitor = MemoryMonitor(settings.replace(cache_shrink_fraction=0.25), process=FakeProcess(50),
-                            virtual_memory=system, builtin_responders=False)
+    monitor = MemoryMonitor(cache_shrink_fraction=0.25, process=FakeProcess(50), virtual_memory=system,
+                            builtin_responders=False)
     monitor.register_responder(image_cache_responder)
     cache_module._reset_image_cache()
     try:
@@ -214,7 +214,7 @@ def test_image_cache_responder_peeks_and_uses_the_monitors_settings(settings):
         monitor.check_memory_pressure()
         assert monitor.events[-1]["responses"]["image_cache_responder"] == {}
         assert cache_module.peek_image_cache() is None  # the responder did not create a cache
-        cache = cache_module.get_image_cache(settings.replace(image_cache_size=100))
+        cache = cache_module.get_image_cache()
         for i in range(8):
             cache.put(f"k{i}", b"x")
         system.used = 0.1
@@ -235,7 +235,7 @@ def test_stop_keeps_the_handle_of_a_thread_that_did_not_stop(fakes, caplog):
         release.wait(5)
 
     monitor.register_responder(stuck)
-    monitor.settings = monitor.settings.replace(memory_warning_threshold=0.0)  # the first check rises
+    monitor.warning_threshold = 0.0  # the first check rises
     monitor.start(interval_s=0.001)
     try:
         assert entered.wait(5)
@@ -287,7 +287,7 @@ def test_iter_chunks_hash_file_and_mapping(tmp_path, settings):
     data = bytes(range(256)) * 100  # 25,600 bytes
     path = tmp_path / "blob.bin"
     path.write_bytes(data)
-    handler = StreamingHandler(settings.replace(chunk_size=1000, mmap_threshold=10_000))
+    handler = StreamingHandler(ImageLimits(mmap_threshold=10_000), chunk_size=1000)
     chunks = list(handler.iter_chunks(path))
     assert b"".join(chunks) == data and {len(c) for c in chunks[:-1]} == {1000} and len(chunks) == 26
     assert b"".join(handler.iter_chunks(io.BytesIO(data), chunk_size=4096)) == data
@@ -327,7 +327,7 @@ class _ChunkRecorder(io.BytesIO):
 
 def test_hash_file_streams_in_chunks_never_reading_the_whole_file(settings):
     data = bytes(range(256)) * 400  # 102,400 bytes
-    handler = StreamingHandler(settings.replace(chunk_size=4096))
+    handler = StreamingHandler(chunk_size=4096)
     source = _ChunkRecorder(data)
     assert handler.hash_file(source, "sha256") == hashlib.sha256(data).hexdigest()
     assert source.asked and max(source.asked) == 4096 and -1 not in source.asked  # chunks, never read()-all
@@ -353,15 +353,14 @@ def test_process_large_image_drafts_large_jpegs_and_reduces_to_max_side(monkeypa
         return original(self, mode, size)
 
     monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
-    handler = StreamingHandler(settings.replace(large_image_threshold=1_000_000))
-    # 1200x800x3 = 2.9 MB decoded: "large" by decoded size although the file is small
+    handler = StreamingHandler()
     image = handler.process_large_image(_jpeg((1200, 800)), max_side=300)
     assert drafts and drafts[0][1] == (300, 200)
     assert image.mode == "RGB" and image.size == (300, 200)
     assert image.getpixel((150, 100))[0] > 150  # still red: really decoded
     drafts.clear()
     small = handler.process_large_image(_jpeg((400, 300)), max_side=200)
-    assert drafts == [] and small.size == (200, 150)  # small: full decode, then thumbnail
+    assert drafts == [("RGB", (200, 150))] and small.size == (200, 150)  # every JPEG over max_side is drafted
     gray = io.BytesIO()
     Image.new("L", (500, 100), 128).save(gray, "PNG")
     out = handler.process_large_image(gray.getvalue(), max_side=1000)
@@ -369,16 +368,16 @@ def test_process_large_image_drafts_large_jpegs_and_reduces_to_max_side(monkeypa
 
 
 def test_process_large_image_validates_input(tmp_path, settings):
-    handler = StreamingHandler(settings.replace(max_image_pixels=10_000))
+    handler = StreamingHandler(ImageLimits(max_image_pixels=10_000))
     with pytest.raises(SecurityError) as too_big:  # the same check (amulet_lab.pixels) as validate_image
         handler.process_large_image(_jpeg((200, 100)))
     assert too_big.value.code == "E_IMAGE_BOMB"
     with pytest.raises(ValidationError) as too_long:
-        StreamingHandler(settings.replace(max_image_side=150)).process_large_image(_jpeg((200, 100)))
+        StreamingHandler(ImageLimits(max_image_side=150)).process_large_image(_jpeg((200, 100)))
     assert too_long.value.code == "E_IMAGE_DIMENSIONS"
     with pytest.raises(ValidationError) as not_image:
         handler.process_large_image(b"not an image at all")
-    assert not_image.value.code == "E_IMAGE_FORMAT"
+    assert not_image.value.code == "E_IMAGE_SIGNATURE"  # the one decoder's code
     with pytest.raises(ValidationError):
         handler.process_large_image(_jpeg((10, 10)), max_side=0)
     with pytest.raises(ValidationError):
@@ -407,17 +406,15 @@ def _png_claiming(width: int, height: int) -> bytes:
 
 
 def test_process_large_image_raises_coded_errors_for_hostile_or_broken_files(settings):
-    from amulet_lab.errors import ProcessingError
-
-    handler = StreamingHandler(settings.replace(max_image_side=100_000))
+    handler = StreamingHandler(ImageLimits(max_image_side=100_000))
     # 30000 x 30000: over Pillow's own limit, which trips inside Image.open, before our header check
     with pytest.raises(SecurityError) as bomb:
         handler.process_large_image(_png_claiming(30_000, 30_000))
     assert bomb.value.code == "E_IMAGE_BOMB"
     truncated = _jpeg((300, 200))
-    with pytest.raises(ProcessingError) as broken:
+    with pytest.raises(ValidationError) as broken:
         handler.process_large_image(truncated[: len(truncated) // 2])
-    assert broken.value.code == "E_PROCESSING" and broken.value.stage == "decode"
+    assert broken.value.code == "E_IMAGE_TRUNCATED"
 
 
 @pytest.mark.slow
@@ -542,10 +539,8 @@ def test_memory_micro_benchmark_quick_shape():
 
     result = run(quick=True)
     assert isinstance(result, MicroResult) and result.name == "memory"
-    # even the quick image is "large" under the defaults, so the reduced-scale path is what gets measured
-    from amulet_lab.config import load_settings
-
+    # even the quick image is larger than the default max_side, so the reduced-scale path is what gets measured
     width, height = result.figures["width"], result.figures["height"]
-    assert width * height * 3 > load_settings({}, dotenv=None).large_image_threshold
+    assert max(width, height) > 1024
     assert set(result.ratios) == {"peak_memory_vs_full", "time_vs_full"} == set(result.verdicts())
     assert result.figures["ours_peak_delta_mb"] >= 0 and result.figures["full_time_s"] > 0

@@ -98,7 +98,7 @@ def references(tmp_path_factory):
 def test_reference_runs_state_the_expected_facts(references):
     _, refs, history = references
     (classify, gallery) = _checked_text(refs["01_classify.ipynb"])
-    assert "prediction: " in classify and "stages timed: decode, preprocess, infer" in classify
+    assert "prediction: " in classify and "stages timed: lookup, decode, preprocess, infer" in classify
     assert any(w in classify for w in ("band: Reliable", "band: Check with an expert", "band: Retake the photo"))
     assert "most uncertain first: True" in gallery
     (profile,) = _checked_text(refs["02_profile.ipynb"])

@@ -8,7 +8,6 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from amulet_lab.cache import ImageCache
 from amulet_lab.data import SAMPLES_DIR
 from amulet_lab.perf import PerformanceMonitor
 from amulet_lab.service import create_app, issue_token
@@ -43,9 +42,7 @@ def svc_settings(settings):
 def classifier(tiny_checkpoint, svc_settings):
     from amulet_lab.model import AmuletClassifier
 
-    return AmuletClassifier.from_checkpoint(
-        tiny_checkpoint, settings=svc_settings, cache=ImageCache(max_items=50), monitor=PerformanceMonitor()
-    )
+    return AmuletClassifier.from_settings(svc_settings, tiny_checkpoint, monitor=PerformanceMonitor())
 
 
 @pytest.fixture
@@ -92,6 +89,7 @@ def test_repeated_photo_hits_the_cache_and_metrics_show_it(client, images):
     first = client.post("/predict", files=files).json()
     second = client.post("/predict", files=files).json()
     assert first["front"]["cache_hit"] is False and second["front"]["cache_hit"] is True
+    assert (first["front"]["cache"], second["front"]["cache"], second["cache"]) == ("miss", "local", "local")
     assert second["front"]["label"] == first["front"]["label"]
     text = client.get("/metrics").text
     assert "amulet_cache_hits_total 1.0" in text
@@ -107,6 +105,29 @@ def test_repeated_photo_hits_the_cache_and_metrics_show_it(client, images):
     assert client.get("/health/ready").status_code == 200
 
 
+def test_one_decode_per_new_photo_and_none_for_a_repeated_one(client, images, monkeypatch):
+    """The service hands the upload to the classifier, which validates and decodes it once, or not at all."""
+    from PIL import Image
+
+    opened = []
+    real_open = Image.open
+
+    def counting_open(*args, **kwargs):
+        opened.append(args[0])
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", counting_open)
+    files = {"front": ("f.jpg", images[0], "image/jpeg"), "back": ("b.jpg", images[1], "image/jpeg")}
+    first = client.post("/predict", files=files)
+    assert first.status_code == 200, first.text
+    assert len(opened) == 2 and first.json()["cache"] == "miss"  # two new photos: one decode each
+    again = client.post("/predict", files=files)
+    assert again.status_code == 200 and again.json()["cache"] == "local"
+    assert len(opened) == 2  # repeated photos: answered from the prediction cache, never decoded
+    assert again.json()["uploads"] == first.json()["uploads"]  # the facts are kept with the answer
+    assert again.json()["uploads"]["front"]["format"] == "JPEG"
+
+
 def _envelope(response, status, code):
     assert response.status_code == status, response.text
     err = response.json()["error"]
@@ -120,21 +141,28 @@ def test_not_an_image_is_415(client):
     assert err["details"]["upload"] == "front"
 
 
-def test_truncated_and_oversized_images_are_400(client, images, svc_settings, classifier):
+def test_truncated_and_oversized_images_are_400(client, images, svc_settings, tiny_checkpoint):
+    from amulet_lab.model import AmuletClassifier
+
     _envelope(client.post("/predict", files={"front": ("t.jpg", images[0][: len(images[0]) // 2], "image/jpeg")}), 400,
               "E_IMAGE_TRUNCATED")
-    small = TestClient(create_app(svc_settings.replace(max_image_side=16), classifier), raise_server_exceptions=False)
+    narrow = svc_settings.replace(max_image_side=16)
+    small = TestClient(create_app(narrow, AmuletClassifier.from_settings(narrow, tiny_checkpoint)),
+                       raise_server_exceptions=False)
     err = _envelope(small.post("/predict", files={"back": ("b.jpg", images[1]), "front": ("f.jpg", images[0])}), 400,
                     "E_IMAGE_DIMENSIONS")
     assert err["details"]["upload"] in ("front", "back")
 
 
-def test_decompression_bomb_is_refused(client, svc_settings, classifier):
+def test_decompression_bomb_is_refused(client, svc_settings, tiny_checkpoint):
     from PIL import Image
+
+    from amulet_lab.model import AmuletClassifier
 
     buffer = io.BytesIO()
     Image.new("RGB", (400, 400)).save(buffer, format="PNG")
-    guarded = TestClient(create_app(svc_settings.replace(max_image_pixels=10_000), classifier),
+    tight = svc_settings.replace(max_image_pixels=10_000)
+    guarded = TestClient(create_app(tight, AmuletClassifier.from_settings(tight, tiny_checkpoint)),
                          raise_server_exceptions=False)
     err = _envelope(guarded.post("/predict", files={"front": ("bomb.png", buffer.getvalue())}), 400, "E_IMAGE_BOMB")
     assert err["details"]["severity"] in ("medium", "high", "critical")
@@ -156,7 +184,7 @@ def test_model_failures_are_500_then_the_breaker_answers_503(svc_settings, class
     def broken(x):
         raise RuntimeError("CUDA exploded at /secret/path")
 
-    monkeypatch.setattr(classifier, "_infer", broken)  # fault injection into the real classifier
+    monkeypatch.setattr(classifier, "infer", broken)  # fault injection into the real classifier
     client = TestClient(create_app(svc_settings, classifier), raise_server_exceptions=False)
     files = {"front": ("front.jpg", images[0], "image/jpeg")}
     for _ in range(5):
@@ -200,12 +228,19 @@ def test_missing_checkpoint_keeps_ready_at_503(svc_settings, tmp_path, images):
         assert client.get("/health").json()["model_status"]["loaded"] is False
 
 
+def _tokens(clients, settings):
+    """One token per load client (each client then has its own rate-limit bucket), as ``amulet-lab load`` issues them."""
+    from amulet_lab.service.auth import issue_token
+
+    return [issue_token(f"load-{i}", 3600, settings) for i in range(clients)]
+
+
 def test_short_load_run_loses_nothing_and_has_no_5xx(svc_settings, classifier, images):
     from amulet_lab.bench.load import run_load
     from amulet_lab.service.server import ServerThread
 
     with ServerThread(create_app(svc_settings, classifier)) as server:
-        result = run_load(server.url, duration_s=2.0, clients=3, images=images, settings=svc_settings)
+        result = run_load(server.url, duration_s=2.0, clients=3, images=images, tokens=_tokens(3, svc_settings))
     assert result.sent > 0 and result.ok > 0
     assert result.lost == 0 and result.server_errors == 0, result.to_dict()
     assert result.passed
@@ -220,7 +255,7 @@ def test_load_over_the_rate_limit_gets_429s_not_errors(svc_settings, classifier,
 
     tight = svc_settings.replace(rate_limit_burst=5, rate_limit_per_minute=60)
     with ServerThread(create_app(tight, classifier)) as server:
-        result = run_load(server.url, duration_s=1.5, clients=2, images=images, settings=tight)
+        result = run_load(server.url, duration_s=1.5, clients=2, images=images, tokens=_tokens(2, tight))
     assert result.rate_limited > 0 and result.status_counts[429] == result.rate_limited
     assert 10 <= result.ok <= 14  # two buckets of 5, plus at most a token or two of refill each
     assert result.lost == 0 and result.server_errors == 0 and result.passed
@@ -237,7 +272,8 @@ def test_server_scenario_drives_a_real_uvicorn_service(svc_settings, classifier,
                                   settings=svc_settings, progress=False)
     assert result.metrics["queries"] >= 5
     assert result.params["url"] == server.url
-    assert result.stages["infer"] > 0  # per-stage timings come back from the service's answers
+    # per-stage timings come back from the service's answers (mostly cache hits here: two photos sent again and again)
+    assert set(scenarios.STAGES) <= set(result.stages) and result.stages["total"] > 0
 
 
 def test_public_health_hides_the_checkpoint_path_and_a_metrics_token_sees_more(client, svc_settings):
@@ -262,7 +298,7 @@ def test_client_input_errors_do_not_open_the_breaker(svc_settings, classifier, i
     def undecodable(*args, **kwargs):
         raise ProcessingError("could not decode image", stage="decode", code="E_IMAGE_DECODE")
 
-    monkeypatch.setattr(classifier, "predict_pair", undecodable)
+    monkeypatch.setattr(classifier, "predict", undecodable)
     files = {"front": ("front.jpg", images[0], "image/jpeg")}
     for _ in range(6):  # passed validation, failed to decode inside the classifier: still the client's photo
         assert client.post("/predict", files=files).status_code == 400
@@ -277,7 +313,7 @@ def test_model_error_503_names_the_code_only(svc_settings, classifier, images, m
     def broken(*args, **kwargs):
         raise ModelError("checkpoint /srv/secret/model.pt is corrupt", code="E_CHECKPOINT_CORRUPT")
 
-    monkeypatch.setattr(classifier, "predict_pair", broken)
+    monkeypatch.setattr(classifier, "predict", broken)
     client = TestClient(create_app(svc_settings, classifier), raise_server_exceptions=False)
     response = client.post("/predict", files={"front": ("front.jpg", images[0], "image/jpeg")})
     err = _envelope(response, 503, "E_CHECKPOINT_CORRUPT")

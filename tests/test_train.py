@@ -102,7 +102,7 @@ def test_cli_train_evaluate_predict(dataset, tmp_path, capsys):
     from amulet_lab.data import load_labels
 
     assert printed[0]["label"] in {lab.key for lab in load_labels()}
-    assert set(printed[0]["timings"]) == {"decode", "preprocess", "infer", "postprocess", "total"}
+    assert set(printed[0]["timings"]) == {"lookup", "decode", "preprocess", "infer", "postprocess", "total"}
     assert main(["predict", "/nonexistent.jpg", "--checkpoint", str(ck)]) == 1
 
 
@@ -136,11 +136,11 @@ def test_unknown_arch_is_refused_by_the_config():
 
 
 def test_out_of_fold_folds_keep_a_pieces_photos_together():
-    from amulet_lab.model.train import _fold_ids
+    from amulet_lab.model.calibration import fold_ids
 
     labels = torch.tensor([0] * 10 + [1] * 10)
     groups = [f"piece{i // 2}" for i in range(20)]  # front and back of ten pieces
-    fold = _fold_ids(labels, groups, 5, seed=0)
+    fold = fold_ids(labels, groups, 5, seed=0)
     assert all(fold[i] == fold[i + 1] for i in range(0, 20, 2))
     assert sorted(torch.bincount(fold).tolist()) == [4] * 5  # balanced: two pieces a fold
     assert torch.bincount(fold[:10]).tolist() == [2] * 5  # and stratified: one piece of each class

@@ -14,13 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from amulet_lab.bench import scenarios as sc
+from amulet_lab.bench.scenarios.arguments import check_duration, check_int, check_pos
 from amulet_lab.bench.compare import Comparison, compare
 from amulet_lab.bench.history import History, new_run_id, utc_now
 from amulet_lab.bench.machine import machine_info, reference_workload
 from amulet_lab.config import Settings
 from amulet_lab.errors import ValidationError
 
-__all__ = ["SCENARIOS", "BenchRun", "run_benchmarks", "classifier_memory_stages", "with_cache", "with_private_cache"]
+__all__ = ["SCENARIOS", "BenchRun", "run_benchmarks", "classifier_memory_stages", "with_cache", "with_private_cache",
+           "with_preprocess_delay", "preprocess_delay_ms"]
 
 log = logging.getLogger("amulet_lab.bench")
 
@@ -108,47 +110,65 @@ class BenchRun:
 
 
 def classifier_memory_stages(clf: Any, images: Sequence[bytes], batch_size: int) -> list[tuple[str, Callable[[Any], Any]]]:
-    """The classifier's stages as a chain for ``memory_scenario``: decode -> preprocess -> infer -> postprocess.
+    """The classifier's own stages as a chain for ``memory_scenario``: decode -> preprocess -> infer -> postprocess.
 
-    Built from public pieces (``validate_image``, ``images.preprocess``, ``clf.model``, ``clf.temperature``)
-    that do what ``AmuletClassifier.predict_batch`` does, one stage at a time, so each can be measured alone.
+    Each link is the public stage method that ``AmuletClassifier.predict_batch`` runs, one stage at a time over
+    a batch, so each can be measured alone.
     """
-    import torch
-
-    from amulet_lab.images import preprocess
-    from amulet_lab.security import validate_image
-
     batch = list(images[:batch_size])
     if not batch:
         raise ValidationError("memory stages need at least one image", field="images", code="E_NO_SAMPLES")
 
     def decode(_: Any) -> list[Any]:
-        return [validate_image(b, settings=clf.settings).image for b in batch]
+        return [clf.decode(b) for b in batch]
 
-    def preprocess_(pils: list[Any]) -> Any:
-        return preprocess(pils, clf.spec)
+    def postprocess(answers: list[Any]) -> list[Any]:
+        return [clf.postprocess(answer) for answer in answers]
 
-    def infer(x: Any) -> Any:
-        with torch.inference_mode():
-            return clf.model(x)
-
-    def postprocess(logits: Any) -> Any:
-        probs = torch.softmax(logits / clf.temperature, dim=1)
-        return torch.topk(probs, k=min(3, probs.shape[1]), dim=1)
-
-    return [("decode", decode), ("preprocess", preprocess_), ("infer", infer), ("postprocess", postprocess)]
+    return [("decode", decode), ("preprocess", clf.preprocess), ("infer", clf.infer), ("postprocess", postprocess)]
 
 
 def with_cache(clf: Any, cache: Any) -> Any:
-    """The same loaded model with another cache (``False``: none); no reload, no change to ``clf``."""
-    return type(clf)(clf.checkpoint, settings=clf.settings, cache=cache, monitor=clf.monitor)
+    """The same loaded model with another prediction cache (``False``: none); no reload, no change to ``clf``.
+
+    A seeded preprocessing delay (``with_preprocess_delay``) is carried over.
+    """
+    out = type(clf)(clf.checkpoint, limits=clf.limits, bands=clf.bands, cache=cache, monitor=clf.monitor,
+                    decode_workers=clf.decode_workers)
+    delay_ms = preprocess_delay_ms(clf)
+    return with_preprocess_delay(out, delay_ms) if delay_ms else out
 
 
 def with_private_cache(clf: Any) -> Any:
-    """The same model with a fresh image cache, so the process-wide cache is neither used nor cleared."""
-    from amulet_lab.cache import ImageCache
+    """The same model with a fresh prediction cache of its own."""
+    from amulet_lab.model import PredictionCache
 
-    return with_cache(clf, ImageCache(settings=clf.settings))
+    return with_cache(clf, PredictionCache())
+
+
+def with_preprocess_delay(clf: Any, delay_ms: float) -> Any:
+    """``clf`` whose ``preprocess`` stage first sleeps ``delay_ms`` (seeds a known regression; benchmark side only).
+
+    The delay wraps the classifier's public stage on this instance; the package's ``predict`` knows nothing of it.
+    """
+    if isinstance(delay_ms, bool) or not isinstance(delay_ms, (int, float)) or not 0 <= delay_ms < 60_000:
+        raise ValidationError("delay_ms must be a number of ms in [0, 60000)", field="delay_ms", value=delay_ms)
+    if not delay_ms:
+        return clf
+    inner = type(clf).preprocess.__get__(clf)
+
+    def preprocess(decoded: Sequence[Any]) -> Any:
+        time.sleep(delay_ms / 1000.0)
+        return inner(decoded)
+
+    clf.preprocess = preprocess
+    clf.preprocess_delay_ms = float(delay_ms)
+    return clf
+
+
+def preprocess_delay_ms(clf: Any) -> float:
+    """The seeded delay ``clf`` runs with (0 when none)."""
+    return float(getattr(clf, "preprocess_delay_ms", 0.0))
 
 
 def run_benchmarks(
@@ -184,7 +204,7 @@ def run_benchmarks(
 
     ``samples`` distinct photos are the queries of each scenario; single_stream and offline go on
     cycling over them for at least ``min_duration_s``. ``threads`` sets torch's intra-op threads for the run (0: leave as is). With ``cache=False`` (the
-    default) the scenarios other than ``cache`` run the same model with no image cache, so every query
+    default) the scenarios other than ``cache`` run the same model with no prediction cache, so every query
     does the whole work; the ``cache`` scenario always uses a fresh private cache. ``url`` (with ``token``
     and ``headers``) sends the ``server`` scenario to a running service. ``image_sizes`` re-encodes the photo
     pool with its longer side at each size and runs every scenario once per size (variant ``img=N``);
@@ -200,12 +220,12 @@ def run_benchmarks(
     if not chosen or unknown:
         raise ValidationError(f"unknown scenario(s) {unknown or chosen}; choose from {list(SCENARIOS)}",
                               field="scenarios", value=chosen)
-    sizes = [sc._check_int("batch_size", b) for b in batch_sizes] or [1]
-    sc._check_int("samples", samples)
-    sc._check_int("threads", threads, 0)
-    sc._check_pos("duration_s", duration_s)
-    sc._check_duration("min_duration_s", min_duration_s)
-    sizes_px: list[int | None] = [sc._check_int("image_size", n, 8) for n in image_sizes] if image_sizes else [None]
+    sizes = [check_int("batch_size", b) for b in batch_sizes] or [1]
+    check_int("samples", samples)
+    check_int("threads", threads, 0)
+    check_pos("duration_s", duration_s)
+    check_duration("min_duration_s", min_duration_s)
+    sizes_px: list[int | None] = [check_int("image_size", n, 8) for n in image_sizes] if image_sizes else [None]
     started = timer()
     old_threads = torch.get_num_threads()
     if threads:
@@ -216,19 +236,21 @@ def run_benchmarks(
         if classifier is None and local:
             from amulet_lab.model import AmuletClassifier
 
-            classifier = AmuletClassifier.from_checkpoint(checkpoint, settings=settings)
+            classifier = AmuletClassifier.from_settings(settings, checkpoint)
         if data_dir is None:
             from amulet_lab.data import SAMPLES_DIR
 
             data_dir = SAMPLES_DIR
         base = sc.load_images(data_dir, seed=seed)
         pool = sc.distinct_images(base, samples, seed=seed)
+        # The seeded delay (AMULET_TEST_PREPROCESS_DELAY_MS, or one a classifier passed in carries) wraps the
+        # timed model here, on the benchmark side; compare must know a seeded run (never a clean baseline).
+        if classifier is not None and settings.test_preprocess_delay_ms and not preprocess_delay_ms(classifier):
+            classifier = with_preprocess_delay(with_cache(classifier, False if classifier.cache is None else classifier.cache),
+                                               settings.test_preprocess_delay_ms)
+        delay_ms = preprocess_delay_ms(classifier) if classifier is not None else settings.test_preprocess_delay_ms
         # cache=False: the same model without a cache, so every query does the whole work.
         subject = classifier if cache or classifier is None else with_cache(classifier, False)
-        # The delay the timed model runs with: a classifier passed in carries its own settings, and compare
-        # must know a seeded run (it never becomes a baseline of clean runs).
-        delay_ms = float(getattr(getattr(classifier, "settings", None), "test_preprocess_delay_ms",
-                                 settings.test_preprocess_delay_ms))
         ref_before = reference_workload()
         machine = machine_info(torch_threads=threads or None)
         run_id, stamp = new_run_id(), utc_now().isoformat(timespec="seconds")

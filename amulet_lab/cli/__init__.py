@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         settings = get_settings()
-        configure_logging(settings.log_format, settings.log_level)
+        configure_logging(settings.log_format, settings.effective_log_level)
         return int(args.func(args, settings) or 0)
     except AmuletError as exc:
         print(f"error [{exc.code}]: {exc.message}", file=sys.stderr)

@@ -46,6 +46,7 @@ def _evaluate(args: argparse.Namespace, settings: Any) -> int:
     from amulet_lab.data import load_dataset
     from amulet_lab.files import atomic_write_text
     from amulet_lab.model import cross_validate, evaluate, format_metrics, load_checkpoint
+    from amulet_lab.security import ImageLimits
 
     _threads(settings)
     ck = load_checkpoint(args.checkpoint)
@@ -61,7 +62,7 @@ def _evaluate(args: argparse.Namespace, settings: Any) -> int:
         split = args.split
         if split == "auto":  # held-out data only when the folder is pre-split
             split = "val" if splits.val and not splits.test else "test" if splits.test else "all"
-        result = evaluate(ck.path, splits, split=split, settings=settings)
+        result = evaluate(ck.path, splits, split=split, limits=ImageLimits.from_settings(settings))
         title = f"{args.checkpoint} on {args.data_dir} ({split}: {result['n']} images)"
     print(title)
     print(format_metrics(result))
@@ -113,7 +114,7 @@ def _predict(args: argparse.Namespace, settings: Any) -> int:
     from amulet_lab.model import AmuletClassifier
 
     _threads(settings)
-    clf = AmuletClassifier.from_checkpoint(args.checkpoint, settings=settings)
+    clf = AmuletClassifier.from_settings(settings, args.checkpoint)
     if args.back:
         if len(args.images) != 1:
             from amulet_lab.errors import ValidationError

@@ -1,21 +1,23 @@
-"""Streaming large files: chunked reads, memory maps, streaming hashes, and reduced-scale image decoding."""
+"""Streaming large files: chunked reads, memory maps, streaming hashes, and reduced-scale image decoding.
+
+Images are decoded by the package's one decoder, ``amulet_lab.security.validate_image`` (same checks, same
+pixels, same refusals as every other entry point); this module only asks it for a reduced scale.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import io
 import mmap
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from amulet_lab.errors import ProcessingError, SecurityError, ValidationError
+from amulet_lab.errors import ValidationError
 from amulet_lab.files import existing_file, hash_stream
-from amulet_lab.pixels import DECODE_ERRORS, check_dimensions, to_rgb
 
 if TYPE_CHECKING:
-    from amulet_lab.config import Settings
+    from amulet_lab.security import ImageLimits
 
 __all__ = ["StreamingHandler", "DEFAULT_MAX_SIDE"]
 
@@ -26,12 +28,21 @@ DEFAULT_MAX_SIDE = 1024
 class StreamingHandler:
     """Reads, maps and hashes files without loading them whole; decodes large images at reduced scale."""
 
-    def __init__(self, settings: Settings | None = None) -> None:
-        if settings is None:
-            from amulet_lab.config import get_settings
+    def __init__(self, limits: ImageLimits | None = None, *, chunk_size: int = 8192) -> None:
+        from amulet_lab.security import ImageLimits
 
-            settings = get_settings()
-        self.settings = settings
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValidationError("chunk_size must be a positive int", field="chunk_size", value=chunk_size,
+                                  code="E_CHUNK_SIZE")
+        self.limits = limits if limits is not None else ImageLimits()
+        self.chunk_size = chunk_size
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> StreamingHandler:
+        """A handler with the settings' image limits and chunk size (called at the edges)."""
+        from amulet_lab.security import ImageLimits
+
+        return cls(ImageLimits.from_settings(settings), chunk_size=settings.chunk_size)
 
     def iter_chunks(self, path_or_fileobj: str | os.PathLike[str] | IO[bytes], chunk_size: int | None = None
                     ) -> Iterator[bytes]:
@@ -39,7 +50,7 @@ class StreamingHandler:
 
         Arguments are checked here, at the call, not at the first ``next()``: a bad path fails where it is passed.
         """
-        size = self.settings.chunk_size if chunk_size is None else chunk_size
+        size = self.chunk_size if chunk_size is None else chunk_size
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValidationError("chunk_size must be a positive int", field="chunk_size", value=size,
                                   code="E_CHUNK_SIZE")
@@ -59,7 +70,7 @@ class StreamingHandler:
         """
         p = existing_file(path)
         size = p.stat().st_size
-        if size <= self.settings.mmap_threshold or size == 0:  # an empty file cannot be mapped
+        if size <= self.limits.mmap_threshold or size == 0:  # an empty file cannot be mapped
             yield p.read_bytes()
             return
         with open(p, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
@@ -70,72 +81,32 @@ class StreamingHandler:
 
         ``blake2b`` gives its full 64-byte digest here (as ``hashlib.new("blake2b")`` does).
         """
-        return hash_stream(path, algo=algo, digest_size=None, chunk_size=self.settings.chunk_size)
+        return hash_stream(path, algo=algo, digest_size=None, chunk_size=self.chunk_size)
 
     def process_large_image(self, data_or_path: bytes | bytearray | memoryview | str | os.PathLike[str] | IO[bytes],
                             max_side: int = DEFAULT_MAX_SIDE) -> Any:
         """Decode to an upright RGB ``PIL.Image`` whose longest side is at most ``max_side``, with bounded peak memory.
 
-        An image is "large" when its file size or its decoded size (width x height x bands, read from the
-        header without decoding) exceeds AMULET_LARGE_IMAGE_THRESHOLD. A large JPEG is decoded at 1/2, 1/4
-        or 1/8 scale by Pillow's ``draft()`` (the DCT scaling of libjpeg), so the full-size pixels never
-        exist; other formats decode fully and are then reduced. The result is always reduced to
-        ``max_side`` with ``Image.thumbnail`` (Lanczos). The header's size is checked before decoding
-        (``amulet_lab.pixels.check_dimensions``: a side over AMULET_MAX_IMAGE_SIDE is E_IMAGE_DIMENSIONS, more
-        than AMULET_MAX_IMAGE_PIXELS is a ``SecurityError`` E_IMAGE_BOMB) and the pixels become RGB by
-        ``amulet_lab.pixels.to_rgb``, exactly as in ``security.validate_image``.
+        Through ``security.validate_image``: a JPEG is decoded at 1/2, 1/4 or 1/8 scale by Pillow's ``draft()``
+        (the DCT scaling of libjpeg), the smallest whose longest side is still >= ``max_side``, so the
+        full-size pixels never exist; other formats decode fully and are then reduced. A file over
+        AMULET_MMAP_THRESHOLD is mapped, not read onto the heap. The result is reduced to ``max_side`` with
+        ``Image.thumbnail`` (Lanczos).
         """
-        from PIL import Image, ImageOps
+        from PIL import Image
 
-        if not isinstance(max_side, int) or max_side < 1:
+        from amulet_lab.security import validate_image
+
+        if isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1:
             raise ValidationError("max_side must be a positive int", field="max_side", value=max_side,
                                   code="E_MAX_SIDE")
-        with contextlib.ExitStack() as stack:
-            if isinstance(data_or_path, (bytes, bytearray, memoryview)):
-                nbytes = len(data_or_path)
-                source: Any = io.BytesIO(data_or_path)  # BytesIO over bytes shares the buffer until written
-            elif isinstance(data_or_path, (str, os.PathLike)):
-                p = existing_file(data_or_path)
-                nbytes = p.stat().st_size
-                source = stack.enter_context(open(p, "rb"))
-            elif hasattr(data_or_path, "read"):
-                source = data_or_path
-                nbytes = -1
-            else:
-                raise ValidationError("expected bytes, a path or a binary file object", field="data_or_path",
-                                      value=type(data_or_path).__name__, code="E_SOURCE_TYPE")
-            try:
-                image = Image.open(source)  # reads the header only
-            except Image.DecompressionBombError as exc:  # Pillow's own (looser) limit tripped on the header
-                raise SecurityError(f"image header claims too many pixels: {exc}", severity="high",
-                                    code="E_IMAGE_BOMB") from exc
-            except DECODE_ERRORS as exc:
-                raise ValidationError("not a recognised image", field="data_or_path", code="E_IMAGE_FORMAT") from exc
-            width, height = image.size
-            check_dimensions(width, height, max_side=self.settings.max_image_side,
-                             max_pixels=self.settings.max_image_pixels, field="data_or_path")
-            decoded_bytes = width * height * max(1, len(image.getbands()))
-            large = max(nbytes, decoded_bytes) > self.settings.large_image_threshold
-            scale = max_side / max(width, height)
-            try:
-                if large and image.format == "JPEG" and scale < 1:
-                    # draft() picks the smallest DCT scale whose result is still >= the requested size, so
-                    # the final Lanczos step always reduces (never enlarges).
-                    image.draft("RGB", (max(1, round(width * scale)), max(1, round(height * scale))))
-                image.load()
-                image = to_rgb(ImageOps.exif_transpose(image) or image)  # a malformed EXIF block raises here
-            except Image.DecompressionBombError as exc:
-                raise SecurityError(f"image decodes to too many pixels: {exc}", severity="high",
-                                    code="E_IMAGE_BOMB") from exc
-            except DECODE_ERRORS as exc:
-                raise ProcessingError(f"could not decode image: {exc}", stage="decode") from exc
+        image = validate_image(data_or_path, limits=self.limits, draft_max_side=max_side).image
         image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
         return image
 
     def __repr__(self) -> str:
-        s = self.settings
-        return (f"StreamingHandler(chunk_size={s.chunk_size}, mmap_threshold={s.mmap_threshold}, "
-                f"large_image_threshold={s.large_image_threshold})")
+        return (f"StreamingHandler(chunk_size={self.chunk_size}, mmap_threshold={self.limits.mmap_threshold}, "
+                f"max_upload_bytes={self.limits.max_upload_bytes})")
 
 
 def _file_chunks(path: Path, size: int) -> Iterator[bytes]:

@@ -15,6 +15,8 @@ Error codes of ``load_checkpoint``:
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import io
 import json
 import pickle
@@ -56,6 +58,25 @@ class Checkpoint:
         acc_text = f", accuracy={acc:.3f}" if isinstance(acc, (int, float)) else ""
         return (f"Checkpoint(arch={self.arch!r}, classes={len(self.labels)}, size={self.spec.size}, "
                 f"T={self.temperature:.3f}{acc_text}, path={str(self.path) if self.path else None!r})")
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """A short hash of the weights and of every setting that changes an answer (prediction-cache key part).
+
+        Weights, architecture and its arguments, labels, preprocessing, temperature and the unknown rule: a
+        retrained or recalibrated model never serves an answer cached for another. Metadata (dates, metrics)
+        does not count.
+        """
+        digest = hashlib.sha256()
+        config = {"arch": self.arch, "arch_kwargs": self.arch_kwargs, "labels": self.labels,
+                  "preprocess": self.spec.to_dict(), "temperature": float(self.temperature),
+                  "unknown": self.unknown.to_dict(), "format_version": FORMAT_VERSION}
+        digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+        for name, tensor in sorted(self.model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
+            digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+        return digest.hexdigest()[:16]
 
     def to_payload(self) -> dict[str, Any]:
         """The dict stored on disk."""

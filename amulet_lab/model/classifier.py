@@ -1,26 +1,33 @@
 """``AmuletClassifier``: a loaded checkpoint behind a thread-safe, cached, timed prediction API.
 
-Pipeline of one image: decode (untrusted bytes and paths go through ``security.validate_image``),
-preprocess (square resize, normalise; the result is stored in the image cache under
-``cache.key_for(bytes_or_path, spec.transform_id)`` through ``get_or_compute``, so identical concurrent
-requests decode once; inputs over ``settings.max_upload_bytes`` are not hashed at all; a path's key is
-remembered per (path, size, mtime) so a repeated file is not re-read to hash it), infer (the model under ``torch.inference_mode``,
-flip TTA inside the model), postprocess (temperature-scaled softmax, top-k, confidence band, unknown
-rule). Each stage's time is in ``Prediction.timings`` (ms) and every call records into the
-performance monitor (``classifier.predict``, ``classifier.predict_batch``, ``classifier.<stage>``).
+The way of one photo, each stage a public method (benchmarks and the profiler call them, not copies):
 
-Thread safety: the model is in eval mode and never mutated after loading; forward passes run under
-one lock (torch already uses every core inside one forward pass, so a lock costs no throughput and
-rules out surprises from concurrent use of one module).
+    bytes / path -> content_key (SHA-256 of the bytes; a path's digest is remembered per (path, size, mtime))
+                 -> prediction cache (key: model fingerprint + content hash; a hit skips everything below)
+                 -> decode      (``security.validate_image``, the one decoder; reduced-scale JPEG decode; once)
+                 -> preprocess  (``PreprocessSpec.to_input``, the one preprocessing step)
+                 -> infer       (calibrated probabilities, feature distance, unknown decision; under the forward lock)
+                 -> postprocess (top-k, names, band) -> ``Prediction`` -> performance monitor
+
+Each stage's time is in ``Prediction.timings`` (ms, with ``lookup`` for hashing and the cache) and is
+recorded into the performance monitor (``classifier.predict``, ``classifier.predict_batch``,
+``classifier.<stage>``); failures are logged once with their stage by ``errors.error_context``.
+
+``predict_batch`` overlaps work: a bounded pool decodes and preprocesses the next photos while the
+calling thread runs the forward pass of the current batch (Pillow and torch release the GIL), at most
+``2 * batch_size`` photos ahead, so memory stays bounded however long the list is.
+
+Thread safety: the model is in eval mode and never mutated after loading; forward passes run under one
+named lock (``threads.named_lock``): torch already uses every core inside one forward pass.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import html
+import collections
+import math
+import os
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,109 +36,31 @@ import numpy as np
 import torch
 
 from amulet_lab.config import PROJECT_ROOT
-from amulet_lab.errors import ModelError, ValidationError
-from amulet_lab.images import decode, resize_square
+from amulet_lab.errors import ModelError, ValidationError, error_context
+from amulet_lab.images import decode as decode_image
+from amulet_lab.model.answers import Answer, PredictionCache
 from amulet_lab.model.checkpoint import Checkpoint, load_checkpoint
-from amulet_lab.model.unknown import normalised_entropy
+from amulet_lab.model.prediction import PairPrediction, Prediction, combine_sides, confidence_band
+from amulet_lab.security import ImageLimits, ValidatedImage, content_hash, validate_image
 
 if TYPE_CHECKING:  # pragma: no cover
     from amulet_lab.config import Settings
     from amulet_lab.perf import PerformanceMonitor
 
-__all__ = ["AmuletClassifier", "Prediction", "PairPrediction", "default_checkpoint_path", "confidence_band",
-           "combine_sides"]
+__all__ = ["AmuletClassifier", "default_checkpoint_path", "STAGES"]
 
-
-def combine_sides(probs: torch.Tensor) -> torch.Tensor:
-    """One piece's class probabilities from its sides' (one row each): softmax of the mean log-probability."""
-    logp = probs.double().clamp_min(1e-12).log().mean(0)
-    return torch.softmax(logp, 0).float()
-
-STAGES = ("decode", "preprocess", "infer", "postprocess")
-#: Paths whose content key is remembered (by path, size and mtime), most recent first out last.
+#: The timed stages of one prediction, in order.
+STAGES = ("lookup", "decode", "preprocess", "infer", "postprocess")
+#: Paths whose content hash is remembered (by path, size and mtime).
 _PATH_KEYS_MAX = 4096
+_BYTES = (bytes, bytearray, memoryview)
 
 
-def default_checkpoint_path(settings: Settings | None = None) -> Path:
-    """``settings.model_path`` if set, else the bundled ``data/models/amulet6-synth.pt``."""
-    if settings is not None and settings.model_path:
-        return Path(settings.model_path)
+def default_checkpoint_path(model_path: str | os.PathLike[str] | None = None) -> Path:
+    """``model_path`` if given (AMULET_MODEL_PATH at the edges), else the bundled ``data/models/amulet6-synth.pt``."""
+    if model_path:
+        return Path(model_path)
     return PROJECT_ROOT / "data" / "models" / "amulet6-synth.pt"
-
-
-def confidence_band(confidence: float, reliable: float = 0.90, verify: float = 0.70) -> str:
-    """"reliable" at or above ``reliable``, "verify" at or above ``verify``, else "retake"."""
-    return "reliable" if confidence >= reliable else "verify" if confidence >= verify else "retake"
-
-
-@dataclasses.dataclass
-class Prediction:
-    """The result for one image: top-k classes, confidence, band, unknown flag, stage timings (ms)."""
-
-    top_k: list[tuple[str, str, float]]
-    label: str
-    thai_name: str
-    english_name: str
-    confidence: float
-    confidence_band: str
-    is_unknown: bool
-    entropy: float
-    timings: dict[str, float]
-    cache_hit: bool
-    probabilities: dict[str, float]
-    distance: float | None = None  # feature distance to the nearest class (unknown rule), if the model has one
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        out = dataclasses.asdict(self)
-        out["top_k"] = [{"key": k, "thai": t, "probability": p} for k, t, p in self.top_k]
-        return out
-
-    def __repr__(self) -> str:
-        flag = ", unknown" if self.is_unknown else ""
-        return f"Prediction({self.label!r}, {self.confidence:.3f}, {self.confidence_band}{flag}, {self.timings.get('total', 0):.1f} ms)"
-
-    def _repr_html_(self) -> str:
-        colour = {"reliable": "#2e7d32", "verify": "#f9a825", "retake": "#c62828"}[self.confidence_band]
-        rows = "".join(
-            f"<tr><td>{html.escape(k)}</td><td>{html.escape(t)}</td>"
-            f"<td><div style='background:#90caf9;width:{max(1, round(p * 120))}px;height:10px'></div></td>"
-            f"<td style='text-align:right'>{p:.1%}</td></tr>"
-            for k, t, p in self.top_k
-        )
-        unknown = "<div style='color:#c62828'><b>unknown</b>: probably not one of the six amulets</div>" if self.is_unknown else ""
-        timing = ", ".join(f"{k} {v:.1f}" for k, v in self.timings.items())
-        return (
-            f"<div style='border:1px solid #ccc;border-radius:6px;padding:8px;display:inline-block'>"
-            f"<div style='font-size:1.2em'><b>{html.escape(self.thai_name)}</b> ({html.escape(self.label)})</div>"
-            f"<div>confidence {self.confidence:.1%} <span style='background:{colour};color:white;padding:1px 6px;"
-            f"border-radius:4px'>{self.confidence_band}</span></div>{unknown}"
-            f"<table>{rows}</table><div style='color:#777;font-size:0.8em'>ms: {timing}"
-            f"{' (cache hit)' if self.cache_hit else ''}</div></div>"
-        )
-
-
-@dataclasses.dataclass
-class PairPrediction:
-    """Front and back of one piece: each side's prediction, the combined one and whether the sides agree."""
-
-    front: Prediction
-    back: Prediction | None
-    combined: Prediction
-    agree: bool | None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {
-            "front": self.front.to_dict(),
-            "back": self.back.to_dict() if self.back else None,
-            "combined": self.combined.to_dict(),
-            "agree": self.agree,
-        }
-
-    def _repr_html_(self) -> str:
-        agree = {True: "sides agree", False: "<b style='color:#c62828'>sides disagree</b>", None: "front only"}[self.agree]
-        return f"<div><div>{agree}</div>{self.combined._repr_html_()}</div>"
 
 
 class AmuletClassifier:
@@ -141,256 +70,361 @@ class AmuletClassifier:
         self,
         checkpoint: Checkpoint,
         *,
-        settings: Settings | None = None,
-        cache: Any = None,
+        limits: ImageLimits | None = None,
+        bands: tuple[float, float] = (0.90, 0.70),
+        cache: PredictionCache | None | bool = None,
         monitor: PerformanceMonitor | None = None,
+        torch_threads: int = 0,
+        decode_workers: int = 2,
     ) -> None:
-        if settings is None:
-            from amulet_lab.config import get_settings
-
-            settings = get_settings()
         if not isinstance(checkpoint, Checkpoint):
             raise ValidationError("AmuletClassifier needs a Checkpoint (use from_checkpoint)", field="checkpoint")
-        self.settings = settings
+        reliable, verify = bands
+        if not 0 <= verify < reliable <= 1:
+            raise ValidationError(f"bands must be (reliable, verify) with 0 <= verify < reliable <= 1, got {bands!r}",
+                                  field="bands", value=bands, code="E_BANDS")
+        if isinstance(decode_workers, bool) or not isinstance(decode_workers, int) or decode_workers < 1:
+            raise ValidationError("decode_workers must be an int >= 1", field="decode_workers", value=decode_workers)
         self.checkpoint = checkpoint
         self.model = checkpoint.model.eval()
         self.spec = checkpoint.spec
         self.temperature = checkpoint.temperature
         self.unknown_rule = checkpoint.unknown
+        self.fingerprint = checkpoint.fingerprint
+        self.limits = limits if limits is not None else ImageLimits()
+        self.bands = (float(reliable), float(verify))
+        self.decode_workers = decode_workers
         from amulet_lab.data import Label
 
-        self.labels = [Label(int(d.get("index", i)), d["key"], d.get("thai", d["key"]), d.get("english", d["key"])) for i, d in enumerate(checkpoint.labels)]
-        if cache is None:
-            from amulet_lab.cache import get_image_cache
-
-            cache = get_image_cache(settings)
-        self.cache = None if cache is False else cache  # False disables caching (an empty cache is falsy: len 0)
+        self.labels = [Label(int(d.get("index", i)), d["key"], d.get("thai", d["key"]), d.get("english", d["key"]))
+                       for i, d in enumerate(checkpoint.labels)]
+        # None: a cache of its own; False: none; or one given (shared between classifiers: keys hold the model).
+        if cache is None or cache is True:
+            cache = PredictionCache()
+        self.cache: PredictionCache | None = None if cache is False else cache  # an empty cache is falsy (len 0)
         if monitor is None:
             from amulet_lab.perf import performance_monitor
 
             monitor = performance_monitor
         self.monitor = monitor
-        self._lock = threading.Lock()
-        self._keys_lock = threading.Lock()
-        self._path_keys: OrderedDict[tuple[str, int, int], str] = OrderedDict()
         from amulet_lab.threads import AtomicCounter
 
-        # Locked counters: ``+=`` on a dict item is a read-modify-write that loses counts across threads.
+        self._forward_lock = f"classifier.forward.{self.fingerprint}.{id(self):x}"
+        self._keys_lock = threading.Lock()
+        self._path_keys: collections.OrderedDict[tuple[str, int, int], str] = collections.OrderedDict()
         self._predictions = AtomicCounter()
         self._errors = AtomicCounter()
+        self._decodes = AtomicCounter()
         self._loaded_at = time.time()
-        if settings.torch_threads > 0:
-            torch.set_num_threads(settings.torch_threads)
+        self._contexts = {stage: error_context(f"classifier.{stage}", model=self.fingerprint) for stage in STAGES}
+        if torch_threads > 0:
+            torch.set_num_threads(torch_threads)
 
     @classmethod
-    def from_checkpoint(
-        cls,
-        path: str | Path | None = None,
-        *,
-        settings: Settings | None = None,
-        cache: Any = None,
-        monitor: PerformanceMonitor | None = None,
-    ) -> AmuletClassifier:
-        """Load a checkpoint (default: ``default_checkpoint_path(settings)``) into a classifier."""
-        if settings is None:
-            from amulet_lab.config import get_settings
-
-            settings = get_settings()
-        target = Path(path) if path is not None else default_checkpoint_path(settings)
+    def from_checkpoint(cls, path: str | Path | None = None, **kwargs: Any) -> AmuletClassifier:
+        """Load a checkpoint (default: the bundled one) into a classifier; ``kwargs`` go to the constructor."""
+        target = Path(path) if path is not None else default_checkpoint_path()
         if path is None and not target.is_file():
             raise ModelError(
                 f"the default checkpoint {target} is missing; run `make train-default` (amulet-lab train-default)",
                 code="E_CHECKPOINT_MISSING", context={"path": str(target)},
             )
-        return cls(load_checkpoint(target), settings=settings, cache=cache, monitor=monitor)
+        return cls(load_checkpoint(target), **kwargs)
 
-    # -- stages -------------------------------------------------------------------------------------
-    def _decode(self, image: Any) -> Any:
-        """Untrusted bytes and paths are validated (format, size, pixel limits, full decode)."""
-        if isinstance(image, (bytes, bytearray, memoryview, str, Path)):
-            from amulet_lab.security import validate_image
+    @classmethod
+    def from_settings(cls, settings: Settings, path: str | Path | None = None, **kwargs: Any) -> AmuletClassifier:
+        """The classifier the settings describe (called at the edges: service, CLI, widgets, benchmarks).
 
-            data = bytes(image) if isinstance(image, memoryview) else image
-            return validate_image(data, settings=self.settings, draft_size=self.spec.size).image
-        return decode(image, target_size=self.spec.size, settings=self.settings)
+        Checkpoint ``path`` or AMULET_MODEL_PATH or the bundled one; image limits, bands, torch threads and a
+        prediction cache bounded by AMULET_CACHE_MAX_SIZE with AMULET_CACHE_DEFAULT_TTL; ``kwargs`` override.
+        """
+        options: dict[str, Any] = {
+            "limits": ImageLimits.from_settings(settings),
+            "bands": (settings.band_reliable, settings.band_verify),
+            "cache": PredictionCache.from_settings(settings) if settings.cache_max_size > 0 else False,
+            "torch_threads": settings.torch_threads,
+        }
+        options.update(kwargs)
+        return cls.from_checkpoint(path if path is not None else settings.model_path, **options)
 
-    def _tensor(self, img: Any) -> torch.Tensor:
-        if self.settings.test_preprocess_delay_ms > 0:  # test-only: seeds a known regression for benchmarks
-            time.sleep(self.settings.test_preprocess_delay_ms / 1000.0)
-        arr = np.asarray(resize_square(img, self.spec.size))
-        x = torch.from_numpy(arr.copy()).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
-        return self.spec.normalise(x)
+    # -- stages ---------------------------------------------------------------------------------------
+    def content_key(self, image: Any) -> str | None:
+        """The content hash that keys ``image``'s answer, or None when it is not cached (a PIL image, a refusal).
 
-    def _cache_key(self, image: Any) -> str | None:
-        if self.cache is None:
-            return None
-        if isinstance(image, (str, Path)):
+        Bytes are hashed with SHA-256 (refused sizes are not hashed at all); a file's digest is remembered per
+        (path, size, mtime), so a repeated path costs a ``stat``; a ``ValidatedImage`` brings its own.
+        """
+        if isinstance(image, ValidatedImage):
+            return image.sha256
+        if isinstance(image, _BYTES):
+            if len(memoryview(image).cast("B")) > self.limits.max_upload_bytes:
+                return None  # validate_image refuses it without reading it all
+            return content_hash(image)
+        if isinstance(image, (str, os.PathLike)):
             return self._path_key(Path(image))
-        if isinstance(image, (bytes, bytearray, memoryview)):
-            if _nbytes(image) > self.settings.max_upload_bytes:
-                return None  # not worth hashing: validate_image refuses it without reading it all
-            return self.cache.key_for(image, self.spec.transform_id)
         if isinstance(image, np.ndarray):
             arr = np.ascontiguousarray(image)
-            if arr.dtype.hasobject or arr.nbytes > self.settings.max_upload_bytes:
-                return None  # object arrays have no stable bytes; huge ones cost more to hash than to refuse
-            # A byte view of the (contiguous) array: hashed without copying its pixels.
-            view = memoryview(arr).cast("B")
-            return self.cache.key_for(view, f"{self.spec.transform_id}:nd{arr.shape}{arr.dtype}")
-        return None  # PIL images: hashing their pixels would cost about as much as preprocessing them
+            if arr.dtype.hasobject or arr.nbytes > self.limits.max_upload_bytes:
+                return None
+            return content_hash(memoryview(arr).cast("B")) + f":nd{arr.shape}{arr.dtype}"
+        return None  # a PIL image: hashing its pixels would cost about as much as classifying it
 
     def _path_key(self, path: Path) -> str | None:
-        """The content key of a file, hashed once per (path, size, mtime): a repeated path skips re-reading it."""
         try:
             st = path.stat()
         except OSError:
-            return None  # validate_image reports the missing file with its own code
-        if not path.is_file() or st.st_size > self.settings.max_upload_bytes:
-            return None  # validate_image refuses it (with its own code) without hashing it first
+            return None  # decode reports the missing file with its own code
+        if not path.is_file() or st.st_size > self.limits.max_upload_bytes:
+            return None
         ident = (str(path.resolve()), st.st_size, st.st_mtime_ns)
         with self._keys_lock:
             key = self._path_keys.get(ident)
             if key is not None:
                 self._path_keys.move_to_end(ident)
                 return key
-        key = self.cache.key_for(path, self.spec.transform_id)
+        from amulet_lab.files import hash_stream
+
+        key = hash_stream(path, algo="sha256", digest_size=None, chunk_size=1 << 20)
         with self._keys_lock:
             self._path_keys[ident] = key
             while len(self._path_keys) > _PATH_KEYS_MAX:
                 self._path_keys.popitem(last=False)
         return key
 
-    def _prepare(self, image: Any) -> tuple[torch.Tensor, dict[str, float], bool]:
-        """(1, 3, S, S) input, stage timings in ms, whether it came from the cache."""
+    def decode(self, image: Any, content_key: str | None = None) -> Any:
+        """Bytes and paths through ``validate_image`` (reduced-scale decode); images in memory to RGB."""
         if image is None:
             raise ValidationError("image is None", field="image", code="E_IMAGE_TYPE")
-        t0 = time.perf_counter()
-        key = self._cache_key(image)
-        if key is None:
-            return self._compute(image, t0)
-        computed: list[tuple[torch.Tensor, dict[str, float]]] = []
+        if isinstance(image, ValidatedImage):
+            return image
+        self._decodes.increment()
+        if isinstance(image, (*_BYTES, str, os.PathLike)):
+            # Hashed once: the content key is the SHA-256 that validate_image would compute (for a file, the
+            # digest remembered for its (path, size, mtime)).
+            return validate_image(image, limits=self.limits, draft_size=self.spec.size, sha256=content_key)
+        return decode_image(image, target_size=self.spec.size, limits=self.limits)
 
-        def compute() -> torch.Tensor:
-            x, timings = self._compute(image, t0)[:2]
-            computed.append((x, timings))
-            return x
+    def preprocess(self, decoded: Sequence[Any]) -> torch.Tensor:
+        """Decoded images (or ``ValidatedImage``) -> the normalised model input (``PreprocessSpec.to_input``)."""
+        return self.spec.to_input(decoded)
 
-        # get_or_compute: concurrent identical requests decode once; only the thread that ran compute()
-        # reports a miss, the others (cached or waiting on it) got the tensor without decoding.
-        x = self.cache.get_or_compute(key, compute)
-        if computed:
-            return computed[0][0], computed[0][1], False
-        if not isinstance(x, torch.Tensor):
-            raise ModelError(f"image cache holds a {type(x).__name__} under a tensor key", code="E_CACHE_VALUE",
-                             context={"key": key})
-        return x, {"decode": (time.perf_counter() - t0) * 1000, "preprocess": 0.0}, True
+    def infer(self, x: torch.Tensor) -> list[Answer]:
+        """One answer per row of the model input: calibrated probabilities, distance, unknown decision."""
+        from amulet_lab.threads import named_lock
 
-    def _compute(self, image: Any, t0: float) -> tuple[torch.Tensor, dict[str, float], bool]:
-        """Decode and preprocess one image (no cache)."""
-        img = self._decode(image)
-        t1 = time.perf_counter()
-        x = self._tensor(img)
-        t2 = time.perf_counter()
-        return x, {"decode": (t1 - t0) * 1000, "preprocess": (t2 - t1) * 1000}, False
-
-    def _infer(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Calibrated probabilities and feature distances (None for CNN-only models)."""
-        with self._lock, torch.inference_mode():
+        with named_lock(self._forward_lock), torch.inference_mode():
             logits, distance = self.model.forward_with_distance(x)
-            return torch.softmax(logits / self.temperature, dim=1), distance
+            probs = torch.softmax(logits / self.temperature, dim=1)
+            unknown = self.unknown_rule(probs, distance)
+        dist = [None] * len(probs) if distance is None else distance.tolist()
+        return [Answer(tuple(row), d, bool(u)) for row, d, u in zip(probs.tolist(), dist, unknown.tolist())]
 
-    def _result(self, probs: torch.Tensor, top_k: int, timings: dict[str, float], cache_hit: bool,
-                distance: torch.Tensor | None = None) -> Prediction:
-        p = probs.double()
-        k = max(1, min(int(top_k), len(self.labels)))
-        values, idx = torch.topk(p, k)
-        top = [(self.labels[i].key, self.labels[i].thai, float(v)) for v, i in zip(values.tolist(), idx.tolist())]
-        best = self.labels[int(idx[0])]
-        conf = float(values[0])
-        unknown = bool(self.unknown_rule(probs.unsqueeze(0), None if distance is None else distance.reshape(1))[0])
+    def postprocess(self, answer: Answer, *, top_k: int = 3, timings: dict[str, float] | None = None,
+                    cache: str = "miss") -> Prediction:
+        """The ``Prediction`` of an answer: top-k classes with names, confidence, band, entropy."""
+        probs = answer.probs
+        order = sorted(range(len(probs)), key=probs.__getitem__, reverse=True)[:max(1, min(top_k, len(probs)))]
+        best = self.labels[order[0]]
+        conf = float(probs[order[0]])
+        entropy = -sum(p * math.log(p) for p in probs if p > 1e-12) / math.log(len(probs))
         return Prediction(
-            top_k=top, label=best.key, thai_name=best.thai, english_name=best.english, confidence=conf,
-            confidence_band=confidence_band(conf, self.settings.band_reliable, self.settings.band_verify),
-            is_unknown=unknown, entropy=float(normalised_entropy(probs.unsqueeze(0))[0]), timings=timings,
-            cache_hit=cache_hit, probabilities={lab.key: float(v) for lab, v in zip(self.labels, p.tolist())},
-            distance=None if distance is None else float(distance),
+            top_k=[(self.labels[i].key, self.labels[i].thai, float(probs[i])) for i in order],
+            label=best.key, thai_name=best.thai, english_name=best.english, confidence=conf,
+            confidence_band=confidence_band(conf, *self.bands), is_unknown=answer.unknown,
+            entropy=min(1.0, max(0.0, entropy)), timings=timings if timings is not None else {}, cache=cache,
+            probabilities={lab.key: float(p) for lab, p in zip(self.labels, probs)},
+            distance=answer.distance, source=answer.facts(),
         )
 
-    def _record(self, name: str, seconds: float, error: bool = False) -> None:
-        self.monitor.record(name, seconds, error=error)
+    # -- one image ------------------------------------------------------------------------------------
+    def _compute(self, image: Any, key: str | None, timings: dict[str, float]) -> Answer:
+        """Decode, preprocess and infer one image (no cache); fills ``timings``."""
+        t0 = time.perf_counter()
+        with self._contexts["decode"]:
+            decoded = self.decode(image, key)
+        t1 = time.perf_counter()
+        with self._contexts["preprocess"]:
+            x = self.preprocess([decoded])
+        t2 = time.perf_counter()
+        with self._contexts["infer"]:
+            answer = self.infer(x)[0]
+        timings.update(decode=(t1 - t0) * 1000, preprocess=(t2 - t1) * 1000, infer=(time.perf_counter() - t2) * 1000)
+        return _with_source(answer, decoded)
 
-    # -- public API ---------------------------------------------------------------------------------
     def predict(self, image: Any, *, top_k: int = 3) -> Prediction:
-        """Classify one image: a path, bytes, a PIL image or an HxWx3 array."""
+        """Classify one image: bytes, a path, a ``ValidatedImage``, a PIL image or an HxWx3 array."""
         _check_top_k(top_k)
         start = time.perf_counter()
+        timings = dict.fromkeys(STAGES, 0.0)
         try:
-            x, timings, hit = self._prepare(image)
-            t0 = time.perf_counter()
-            probs, distance = self._infer(x)
-            t1 = time.perf_counter()
-            timings["infer"] = (t1 - t0) * 1000
-            pred = self._result(probs[0], top_k, timings, hit, None if distance is None else distance[0])
-            timings["postprocess"] = (time.perf_counter() - t1) * 1000
+            with self._contexts["lookup"]:
+                key = self.content_key(image)
+            timings["lookup"] = (time.perf_counter() - start) * 1000
+            if key is None or self.cache is None:
+                answer, origin = self._compute(image, key, timings), "miss"
+            else:
+                answer, computed = self.cache.get_or_compute(
+                    PredictionCache.key(self.fingerprint, key), lambda: self._compute(image, key, timings))
+                origin = "miss" if computed else "local"
+            t3 = time.perf_counter()
+            pred = self.postprocess(answer, top_k=top_k, timings=timings, cache=origin)
+            timings["postprocess"] = (time.perf_counter() - t3) * 1000
             timings["total"] = (time.perf_counter() - start) * 1000
         except Exception:
             self._errors.increment()
-            self._record("classifier.predict", time.perf_counter() - start, error=True)
+            self.monitor.record("classifier.predict", time.perf_counter() - start, error=True)
             raise
         self._predictions.increment()
-        self._record("classifier.predict", timings["total"] / 1000)
+        self.monitor.record("classifier.predict", timings["total"] / 1000)
         for stage in STAGES:
-            self._record(f"classifier.{stage}", timings[stage] / 1000)
+            self.monitor.record(f"classifier.{stage}", timings[stage] / 1000)
         return pred
 
+    # -- many images ----------------------------------------------------------------------------------
     def predict_batch(self, images: Sequence[Any], batch_size: int = 16, *, top_k: int = 3) -> list[Prediction]:
-        """Classify many images: decoding in a thread pool, forward passes in batches of ``batch_size``."""
+        """Classify many images: cached answers first, then decoding overlapped with batched forward passes."""
         _check_top_k(top_k)
         if isinstance(images, (str, bytes, Path)) or not isinstance(images, Sequence):
             raise ValidationError("predict_batch takes a list of images", field="images", value=type(images).__name__)
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValidationError("batch_size must be an int >= 1", field="batch_size", value=batch_size)
-        if len(images) == 0:
+        items = list(images)
+        if not items:
             return []
         start = time.perf_counter()
         try:
-            from amulet_lab.threads import get_thread_pool_manager
-
-            prepared = get_thread_pool_manager(self.settings).map("decode", self._prepare, list(images))
-            out: list[Prediction] = []
-            for i in range(0, len(prepared), batch_size):
-                chunk = prepared[i:i + batch_size]
-                t0 = time.perf_counter()
-                probs, distance = self._infer(torch.cat([x for x, _, _ in chunk]))
-                infer_ms = (time.perf_counter() - t0) * 1000 / len(chunk)
-                for j, (row, (_, timings, hit)) in enumerate(zip(probs, chunk)):
-                    t1 = time.perf_counter()
-                    timings = {**timings, "infer": infer_ms}
-                    pred = self._result(row, top_k, timings, hit, None if distance is None else distance[j])
-                    timings["postprocess"] = (time.perf_counter() - t1) * 1000
-                    timings["total"] = sum(timings[s] for s in STAGES)
-                    out.append(pred)
+            out = self._predict_many(items, batch_size, top_k)
         except Exception:
             self._errors.increment()
-            self._record("classifier.predict_batch", time.perf_counter() - start, error=True)
+            self.monitor.record("classifier.predict_batch", time.perf_counter() - start, error=True)
             raise
         self._predictions.add(len(out))
-        self._record("classifier.predict_batch", time.perf_counter() - start)
+        self.monitor.record("classifier.predict_batch", time.perf_counter() - start)
         return out
+
+    def _predict_many(self, items: list[Any], batch_size: int, top_k: int) -> list[Prediction]:
+        n = len(items)
+        timings = [dict.fromkeys(STAGES, 0.0) for _ in range(n)]
+        answers: list[Answer | None] = [None] * n
+        origins = ["miss"] * n
+        keys: list[str | None] = []
+        first: dict[str, int] = {}  # content key -> the index that computes it
+        todo: list[int] = []
+        for i, item in enumerate(items):
+            t0 = time.perf_counter()
+            with self._contexts["lookup"]:
+                key = self.content_key(item)
+                keys.append(key)
+                if key is not None and self.cache is not None:
+                    answers[i] = self.cache.get(PredictionCache.key(self.fingerprint, key))
+            timings[i]["lookup"] = (time.perf_counter() - t0) * 1000
+            if answers[i] is not None:
+                origins[i] = "local"
+            elif key is not None and key in first:
+                origins[i] = "local"  # the same photo twice in one batch: inferred once
+            else:
+                if key is not None:
+                    first[key] = i
+                todo.append(i)
+        self._run_overlapped(items, keys, todo, answers, timings, batch_size)
+        for i, key in enumerate(keys):
+            if answers[i] is None and key is not None:
+                answers[i] = answers[first[key]]
+        preds = []
+        for i in range(n):
+            t1 = time.perf_counter()
+            answer = answers[i]
+            assert answer is not None  # every index is answered above, or an error was raised
+            pred = self.postprocess(answer, top_k=top_k, timings=timings[i], cache=origins[i])
+            timings[i]["postprocess"] = (time.perf_counter() - t1) * 1000
+            timings[i]["total"] = sum(timings[i][s] for s in STAGES)
+            preds.append(pred)
+        return preds
+
+    def _load(self, item: Any, key: str | None) -> tuple[torch.Tensor, Any, float, float]:
+        """In a pool worker: (model input row, decoded image, decode ms, preprocess ms)."""
+        t0 = time.perf_counter()
+        with self._contexts["decode"]:
+            decoded = self.decode(item, key)
+        t1 = time.perf_counter()
+        with self._contexts["preprocess"]:
+            x = self.preprocess([decoded])
+        return x, decoded, (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000
+
+    def _run_overlapped(self, items: list[Any], keys: list[str | None], todo: list[int],
+                        answers: list[Answer | None], timings: list[dict[str, float]], batch_size: int) -> None:
+        """Decode ``todo`` in a bounded pool while the calling thread infers full batches; fill ``answers``."""
+        if not todo:
+            return
+        from amulet_lab.threads import get_thread_pool_manager
+
+        manager = get_thread_pool_manager()
+        manager.get_pool("decode", self.decode_workers)  # sized on first use; submit() counts what it ran
+        ahead = 2 * batch_size
+        queue: collections.deque[tuple[int, Any]] = collections.deque()
+        feed = iter(todo)
+
+        def refill() -> None:
+            while len(queue) < ahead:
+                i = next(feed, None)
+                if i is None:
+                    return
+                queue.append((i, manager.submit("decode", self._load, items[i], keys[i])))
+
+        batch: list[tuple[int, torch.Tensor, Any]] = []
+        try:
+            refill()
+            while queue:
+                i, future = queue.popleft()
+                x, decoded, decode_ms, prep_ms = future.result()
+                refill()
+                timings[i].update(decode=decode_ms, preprocess=prep_ms)
+                batch.append((i, x, decoded))
+                if len(batch) == batch_size or not queue:
+                    self._infer_batch(batch, keys, answers, timings)
+                    batch = []
+        finally:
+            for _, future in queue:
+                future.cancel()
+
+    def _infer_batch(self, batch: list[tuple[int, torch.Tensor, Any]], keys: list[str | None],
+                     answers: list[Answer | None], timings: list[dict[str, float]]) -> None:
+        t0 = time.perf_counter()
+        with self._contexts["infer"]:
+            rows = self.infer(torch.cat([x for _, x, _ in batch]))
+        per_image = (time.perf_counter() - t0) * 1000 / len(batch)
+        for (i, _, decoded), answer in zip(batch, rows):
+            answers[i] = _with_source(answer, decoded)
+            timings[i]["infer"] = per_image
+            if keys[i] is not None and self.cache is not None:
+                self.cache.put(PredictionCache.key(self.fingerprint, keys[i]), answers[i])
+
+    # -- pairs ----------------------------------------------------------------------------------------
+    def combine(self, front: Prediction, back: Prediction | None, *, top_k: int = 3) -> PairPrediction:
+        """Front and back of one piece combined: mean of the sides' log-probabilities, one unknown rule."""
+        if back is None:
+            return PairPrediction(front=front, back=None, combined=front, agree=None)
+        keys = [lab.key for lab in self.labels]
+        probs = combine_sides(torch.tensor([[side.probabilities[k] for k in keys] for side in (front, back)]))
+        distances = [d for d in (front.distance, back.distance) if d is not None]
+        distance = torch.tensor([min(distances)]) if len(distances) == 2 else None  # one side near the data is enough
+        unknown = bool(self.unknown_rule(probs.unsqueeze(0), distance)[0])
+        answer = Answer(tuple(probs.tolist()), None if distance is None else float(distance[0]), unknown)
+        timings = {s: front.timings.get(s, 0.0) + back.timings.get(s, 0.0) for s in (*STAGES, "total")}
+        origin = "miss" if "miss" in (front.cache, back.cache) else front.cache
+        combined = self.postprocess(answer, top_k=top_k, timings=timings, cache=origin)
+        return PairPrediction(front=front, back=back, combined=combined, agree=front.label == back.label)
 
     def predict_pair(self, front: Any, back: Any = None, *, top_k: int = 3) -> PairPrediction:
         """Classify the front and (optionally) back of one piece; combined = mean of the sides' log-probabilities."""
         f = self.predict(front, top_k=top_k)
-        if back is None:
-            return PairPrediction(front=f, back=None, combined=f, agree=None)
-        b = self.predict(back, top_k=top_k)
-        keys = [lab.key for lab in self.labels]
-        probs = combine_sides(torch.tensor([[side.probabilities[k] for k in keys] for side in (f, b)]))
-        timings = {s: f.timings[s] + b.timings[s] for s in (*STAGES, "total")}
-        distances = [d for d in (f.distance, b.distance) if d is not None]
-        distance = torch.tensor(min(distances)) if len(distances) == 2 else None  # one side near the data is enough
-        combined = self._result(probs, top_k, timings, f.cache_hit and b.cache_hit, distance)
-        return PairPrediction(front=f, back=b, combined=combined, agree=f.label == b.label)
+        return self.combine(f, None if back is None else self.predict(back, top_k=top_k), top_k=top_k)
+
+    # -- status ---------------------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Predictions, errors and decodes so far, and the prediction cache's figures."""
+        return {"predictions": self._predictions.get(), "errors": self._errors.get(), "decodes": self._decodes.get(),
+                "cache": self.cache.stats() if self.cache is not None else None}
 
     def model_status(self) -> dict[str, Any]:
         """For the health report: checkpoint, architecture, labels, calibration, counts, parameters."""
@@ -400,6 +434,7 @@ class AmuletClassifier:
             "loaded": True,
             "path": str(ck.path) if ck.path else None,
             "arch": ck.arch,
+            "fingerprint": self.fingerprint,
             "num_classes": len(self.labels),
             "labels": [lab.key for lab in self.labels],
             "parameters": sum(p.numel() for p in self.model.parameters()),
@@ -411,17 +446,18 @@ class AmuletClassifier:
             "metrics": meta.get("metrics", {}),
             "amulet_lab_version": meta.get("amulet_lab_version"),
             "torch_threads": torch.get_num_threads(),
-            "predictions": self._predictions.get(),
-            "errors": self._errors.get(),
             "loaded_at": self._loaded_at,
-            "cache": self.cache.get_stats() if self.cache is not None else None,
+            **self.stats(),
         }
 
     def __repr__(self) -> str:
         name = self.checkpoint.path.name if self.checkpoint.path else "(in memory)"
-        return f"AmuletClassifier({name}, arch={self.checkpoint.arch}, classes={len(self.labels)}, size={self.spec.size})"
+        return (f"AmuletClassifier({name}, arch={self.checkpoint.arch}, classes={len(self.labels)}, "
+                f"size={self.spec.size}, model={self.fingerprint})")
 
     def _repr_html_(self) -> str:
+        import html
+
         st = self.model_status()
         acc = st["metrics"].get("accuracy") if isinstance(st["metrics"], dict) else None
         acc_text = f"{acc:.1%}" if isinstance(acc, (int, float)) else "n/a"
@@ -432,14 +468,20 @@ class AmuletClassifier:
             f"arch {html.escape(st['arch'])}, {st['parameters']:,} parameters, input {st['input_size']} px, "
             f"T={st['temperature']}, held-out accuracy {acc_text}<br>"
             f"<span style='font-size:0.85em'>{labels}</span><br>"
-            f"<span style='color:#777;font-size:0.8em'>predictions {st['predictions']}, errors {st['errors']}</span></div>"
+            f"<span style='color:#777;font-size:0.8em'>predictions {st['predictions']}, errors {st['errors']}, "
+            f"decodes {st['decodes']}</span></div>"
         )
 
 
-def _nbytes(data: bytes | bytearray | memoryview) -> int:
-    return data.nbytes if isinstance(data, memoryview) else len(data)
+def _with_source(answer: Answer, decoded: Any) -> Answer:
+    """The answer with the source facts of a validated image (format, original size, bytes)."""
+    if isinstance(decoded, ValidatedImage):
+        return Answer(answer.probs, answer.distance, answer.unknown,
+                      (decoded.format, decoded.width, decoded.height, decoded.nbytes))
+    return answer
 
 
 def _check_top_k(top_k: int) -> None:
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValidationError("top_k must be an int >= 1", field="top_k", value=top_k)
+

@@ -1,10 +1,8 @@
 """Metrics of a classifier on labelled data, and stratified k-fold cross-validation of the recipe.
 
-``metrics(probs, targets, keys)`` gives the JSON the CLI writes: ``accuracy``, ``macro_f1``,
-``top2_accuracy``, ``ece`` (expected calibration error, 15 equal-width confidence bins), ``nll``,
-``per_class`` (precision, recall, f1, support) and ``confusion_matrix`` (rows: true class, columns:
-predicted). ``pair_accuracy`` combines the two sides of each piece (mean of log-probabilities) where
-samples carry a ``group``.
+``metrics`` and ``expected_calibration_error`` live in ``amulet_lab.model.metrics`` (training uses them
+too) and are re-exported here. ``pair_accuracy`` combines the two sides of each piece (mean of
+log-probabilities) where samples carry a ``group``.
 """
 
 from __future__ import annotations
@@ -20,61 +18,9 @@ from typing import Any
 import torch
 
 from amulet_lab.errors import ValidationError
+from amulet_lab.model.metrics import expected_calibration_error, metrics
 
 __all__ = ["metrics", "pair_accuracy", "evaluate", "cross_validate", "format_metrics", "expected_calibration_error"]
-
-
-def expected_calibration_error(probs: torch.Tensor, targets: torch.Tensor, bins: int = 15) -> float:
-    """Weighted mean |accuracy - confidence| over equal-width confidence bins."""
-    conf, pred = probs.max(1)
-    correct = (pred == targets).float()
-    edges = torch.linspace(0, 1, bins + 1)
-    ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        inside = (conf > lo) & (conf <= hi)
-        if inside.any():
-            ece += float(inside.float().mean()) * abs(float(correct[inside].mean()) - float(conf[inside].mean()))
-    return ece
-
-
-def metrics(probs: torch.Tensor, targets: Sequence[int] | torch.Tensor, keys: Sequence[str]) -> dict[str, Any]:
-    """Accuracy, macro-F1, top-2, ECE, NLL, per-class figures and the confusion matrix."""
-    y = torch.as_tensor(targets, dtype=torch.long)
-    if probs.ndim != 2 or probs.shape[0] != y.shape[0] or probs.shape[1] != len(keys):
-        raise ValidationError(
-            f"probs {tuple(probs.shape)} do not match {y.shape[0]} targets and {len(keys)} classes", field="probs"
-        )
-    if y.numel() == 0:
-        raise ValidationError("no samples to evaluate", field="targets", code="E_EMPTY_DATASET")
-    k = len(keys)
-    pred = probs.argmax(1)
-    cm = torch.zeros(k, k, dtype=torch.long)
-    for t, p in zip(y.tolist(), pred.tolist()):
-        cm[t, p] += 1
-    per_class: dict[str, dict[str, float]] = {}
-    f1s = []
-    for i, key in enumerate(keys):
-        tp = int(cm[i, i])
-        support = int(cm[i].sum())
-        predicted = int(cm[:, i].sum())
-        precision = tp / predicted if predicted else 0.0
-        recall = tp / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[key] = {"precision": precision, "recall": recall, "f1": f1, "support": support}
-        if support:
-            f1s.append(f1)
-    top2 = probs.topk(min(2, k), dim=1).indices
-    return {
-        "n": int(y.numel()),
-        "accuracy": float((pred == y).float().mean()),
-        "macro_f1": float(sum(f1s) / len(f1s)) if f1s else 0.0,
-        "top2_accuracy": float((top2 == y.unsqueeze(1)).any(1).float().mean()),
-        "ece": expected_calibration_error(probs, y),
-        "nll": float(-torch.log(probs[torch.arange(len(y)), y].clamp_min(1e-12)).mean()),
-        "per_class": per_class,
-        "confusion_matrix": cm.tolist(),
-        "labels": list(keys),
-    }
 
 
 def pair_accuracy(probs: torch.Tensor, targets: Sequence[int], groups: Sequence[str | None]) -> dict[str, Any] | None:
@@ -86,7 +32,7 @@ def pair_accuracy(probs: torch.Tensor, targets: Sequence[int], groups: Sequence[
     pairs = {g: idx for g, idx in members.items() if len(idx) >= 2}
     if not pairs:
         return None
-    from amulet_lab.model.classifier import combine_sides
+    from amulet_lab.model.prediction import combine_sides
 
     correct = 0
     for idx in pairs.values():
@@ -94,15 +40,15 @@ def pair_accuracy(probs: torch.Tensor, targets: Sequence[int], groups: Sequence[
     return {"pairs": len(pairs), "pair_accuracy": correct / len(pairs)}
 
 
-def _as_classifier(model: Any, settings: Any = None) -> Any:
+def _as_classifier(model: Any, limits: Any = None) -> Any:
     from amulet_lab.model.classifier import AmuletClassifier
 
     if isinstance(model, AmuletClassifier):
         return model
-    return AmuletClassifier.from_checkpoint(model, settings=settings, cache=False)
+    return AmuletClassifier.from_checkpoint(model, limits=limits, cache=False)
 
 
-def evaluate(model: Any, data: Any, *, split: str = "all", settings: Any = None, batch_size: int = 32) -> dict[str, Any]:
+def evaluate(model: Any, data: Any, *, split: str = "all", limits: Any = None, batch_size: int = 32) -> dict[str, Any]:
     """Metrics of a classifier (or checkpoint path) on a dataset folder, ``DatasetSplits`` or list of Samples.
 
     ``split`` picks ``train``/``val``/``test``/``all`` of a dataset (``all``: every sample; for a folder
@@ -110,7 +56,7 @@ def evaluate(model: Any, data: Any, *, split: str = "all", settings: Any = None,
     """
     from amulet_lab.data import DatasetSplits, load_dataset
 
-    clf = _as_classifier(model, settings)
+    clf = _as_classifier(model, limits)
     if isinstance(data, (str, Path)):
         data = load_dataset(data, val_fraction=0.0)
     if isinstance(data, DatasetSplits):

@@ -49,7 +49,6 @@ class ServiceState:
         *,
         timer: Callable[[], float] = time.monotonic,
         memory_monitor: Any = None,
-        image_cache: Any = None,
     ) -> None:
         from amulet_lab.perf import PerformanceMonitor
 
@@ -65,7 +64,6 @@ class ServiceState:
         # Repeated model failures open the circuit: clients get a fast 503 instead of a queue of slow 500s.
         self.breaker = CircuitBreaker(failure_threshold=5, timeout=30.0, name="model", timer=timer)
         self._memory_monitor = memory_monitor
-        self._image_cache = image_cache
         # Inference is CPU-bound: at most thread_pool_size requests run the model at once, the rest wait.
         self.inference_limiter = anyio.CapacityLimiter(settings.thread_pool_size)
         # Uploads being read are held in memory (up to max_upload_bytes per file): at most twice the inference
@@ -74,7 +72,7 @@ class ServiceState:
         self.upload_limiter = anyio.CapacityLimiter(settings.thread_pool_size * 2)
         self.metrics = ServiceMetrics(
             MetricSources(
-                cache_stats=lambda: self.image_cache.get_stats(),
+                cache_stats=self.cache_stats,
                 breakers=lambda: [self.breaker],
                 memory_rss_bytes=lambda: self.memory_monitor.get_current_usage().rss_mb * 1024 * 1024,
                 model_loaded=lambda: self.classifier is not None,
@@ -90,17 +88,12 @@ class ServiceState:
             self._memory_monitor = memory_monitor
         return self._memory_monitor
 
-    @property
-    def image_cache(self) -> Any:
-        """The cache given, else the classifier's image cache, else the process-wide image cache."""
-        if self._image_cache is not None:
-            return self._image_cache
+    def cache_stats(self) -> dict[str, Any]:
+        """The classifier's prediction-cache figures (zeros while no model, or no cache, is loaded)."""
         cache = getattr(self.classifier, "cache", None)
         if cache is None:
-            from amulet_lab.cache import get_image_cache
-
-            cache = get_image_cache(self.settings)
-        return cache
+            return {"hits": 0, "misses": 0, "hit_rate": 0.0, "items": 0, "bytes": 0, "size": 0, "total_size_bytes": 0}
+        return cache.stats()
 
     def observe(self, method: str, route: str, status: int, duration_s: float) -> None:
         """Record one answered request (metrics and the monitor behind /health)."""
@@ -129,7 +122,7 @@ class ServiceState:
             from amulet_lab.model import AmuletClassifier
 
             self.classifier = await anyio.to_thread.run_sync(
-                lambda: AmuletClassifier.from_checkpoint(None, settings=self.settings)
+                lambda: AmuletClassifier.from_settings(self.settings)
             )
             log.info("model loaded: %s", self.classifier)
         except ModelError as exc:
@@ -155,7 +148,7 @@ class ServiceState:
             perf_stats=self.perf.get_stats(),
             uptime_s=self.timer() - self.started_at,
             memory_monitor=self.memory_monitor,
-            cache_stats=self.image_cache.get_stats,
+            cache_stats=self.cache_stats,
             thread_stats=thread_stats,
         )
 
@@ -185,12 +178,11 @@ def create_app(
     timer: Callable[[], float] = time.monotonic,
     wall: Callable[[], float] = time.time,
     memory_monitor: Any = None,
-    image_cache: Any = None,
 ) -> FastAPI:
     """The service app; refuses to build without a proper secret key unless ``settings.debug``."""
     settings = settings or get_settings()
     settings.require_secret_key()
-    state = ServiceState(settings, classifier, timer=timer, memory_monitor=memory_monitor, image_cache=image_cache)
+    state = ServiceState(settings, classifier, timer=timer, memory_monitor=memory_monitor)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -229,27 +221,21 @@ def create_app(
                 max_upload_bytes=settings.max_upload_bytes,
             )
         classifier = state.require_classifier()
-        from amulet_lab.security import validate_image
-
-        validated = {}
-        for name, upload in parts.items():
-            try:
-                validated[name] = await anyio.to_thread.run_sync(
-                    lambda u=upload: validate_image(u.data, filename=u.filename, settings=settings)
-                )
-            except (ValidationError, SecurityError) as exc:
-                exc.context.setdefault("upload", name)  # which of the two files was refused
-                raise
-        # The classifier gets the bytes, not the decoded image: its image cache is keyed by content, so a
-        # repeated photo skips decoding and preprocessing (a miss decodes once more, a few ms).
-        front = parts["front"].data
-        back = parts["back"].data if "back" in parts else None
 
         def guarded() -> tuple[Any, Exception | None]:
-            # A bad photo is the client's fault, not the model's: it is handed out as a value, so the breaker
-            # sees a success and six bad uploads cannot open the circuit for everyone else.
+            # One decode per new photo: the classifier hashes the bytes, answers a repeated photo from its
+            # prediction cache without decoding, and validates + decodes a new one once (the upload size limit
+            # came first, in read_uploads). A bad photo is the client's fault, not the model's: it is handed
+            # out as a value, so the breaker sees a success and bad uploads cannot open the circuit.
             try:
-                return classifier.predict_pair(front, back, top_k=top_k), None
+                sides = {}
+                for name, upload in parts.items():
+                    try:
+                        sides[name] = classifier.predict(upload.data, top_k=top_k)
+                    except (ValidationError, SecurityError, ProcessingError) as exc:
+                        exc.context.setdefault("upload", name)  # which of the two files was refused
+                        raise
+                return classifier.combine(sides["front"], sides.get("back"), top_k=top_k), None
             except (ValidationError, SecurityError) as exc:
                 return None, exc
             except ProcessingError as exc:
@@ -265,10 +251,9 @@ def create_app(
             raise client_error
         body = pair.to_dict()
         body["request_id"] = request.state.request_id
-        body["uploads"] = {
-            name: {"format": v.format, "width": v.width, "height": v.height, "bytes": v.nbytes}
-            for name, v in validated.items()
-        }
+        body["cache"] = pair.combined.cache
+        body["uploads"] = {name: side.source for name, side in (("front", pair.front), ("back", pair.back))
+                           if side is not None}
         return JSONResponse(body)
 
     @app.get("/health")

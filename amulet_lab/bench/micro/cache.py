@@ -85,10 +85,9 @@ def run(quick: bool = False) -> MicroResult:
         "cachetools_locked_set_s": time_per_call(theirs_set, number=number, repeat=repeat),
     }
 
-    from amulet_lab.config import Settings
 
     data = _jpeg_224()
-    images = ImageCache(max_items=100, ttl=3600.0, settings=Settings())
+    images = ImageCache(max_items=100, ttl=3600.0)
     transform = "rgb128-imagenet"
     images.put(images.key_for(data, transform), _preprocess(data))
     key = images.key_for(data, transform)

@@ -27,11 +27,10 @@ _SCRIPT = r"""
 import json, resource, sys, time
 import psutil
 from PIL import Image
-from amulet_lab.config import load_settings
 from amulet_lab.memory import StreamingHandler
 
 mode, path, max_side = sys.argv[1], sys.argv[2], int(sys.argv[3])
-handler = StreamingHandler(load_settings({}, dotenv=None))
+handler = StreamingHandler()
 baseline = psutil.Process().memory_info().rss
 start = time.perf_counter()
 if mode == "ours":
@@ -83,8 +82,7 @@ def measure_decode(path: str | Path, mode: str, max_side: int = 1024) -> dict[st
 
 def run(quick: bool = False) -> MicroResult:
     """Peak RSS growth and time of process_large_image vs full decode + resize, fresh subprocess each."""
-    # quick: still "large" under the default AMULET_LARGE_IMAGE_THRESHOLD (10 MiB; 2400x1600x3 = 11.5 MB decoded),
-    # so the draft() path is what is measured, not a second full decode
+    # quick: still larger than the default max_side (1024), so the draft() path is what is measured
     size = QUICK_SIZE if quick else (6000, 4000)
     repeat = 1 if quick else 3
     with tempfile.TemporaryDirectory() as tmp:

@@ -46,27 +46,26 @@ def run(quick: bool = False) -> MicroResult:
     """Time validate_image against a bare decode, a bomb refusal, and the synthetic generator."""
     from PIL import Image
 
-    from amulet_lab.config import Settings
     from amulet_lab.data import synthesize
     from amulet_lab.errors import SecurityError
-    from amulet_lab.security import validate_image
+    from amulet_lab.security import ImageLimits, validate_image
 
     width, height = (800, 600) if quick else (4000, 3000)
     number, repeat = (2, 3) if quick else (3, 5)
     data = _phone_jpeg(width, height)
     bomb = _bomb_png()
-    settings = Settings()
+    limits = ImageLimits()
 
     def bare() -> None:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
 
     def ours() -> None:
-        validate_image(data, settings=settings)
+        validate_image(data, limits=limits)
 
     def refuse_bomb() -> None:
         try:
-            validate_image(bomb, settings=settings)
+            validate_image(bomb, limits=limits)
         except SecurityError:
             return
         raise AssertionError("the bomb was not refused")
