@@ -1,28 +1,47 @@
 """The notebook interface of ``01_classify.ipynb``: ``ClassifierApp``, built from a classifier.
 
 All logic lives here so it is tested headless: a test sets ``app.front_upload.value`` to the
-ipywidgets 8 shape (a tuple of dicts with ``name``, ``type``, ``size``, ``content`` as memoryview)
-and reads ``app.state``. The notebook only builds the app and displays it.
+ipywidgets 8 shape (a tuple of dicts with ``name``, ``type``, ``size``, ``content`` as memoryview),
+presses the buttons (``app.classify_button.click()``) and reads ``app.state`` and the HTML the widgets
+hold. The notebook only builds the app and displays it.
+
+Each side (front, back) has one source at a time: an upload, a typed path, or photos given in code
+(``classify_paths``); the active one is named under the inputs, and a Clear button removes it. A new
+front replaces the previous photo: the back given with that photo is removed (and the app says so), so
+a new front is never silently paired with an old back. Images (previews, the chart, the gallery) are
+``<img>`` tags inside HTML widgets, with a placeholder where there is nothing to show, so the saved
+notebook holds them in its widget state and shows them when reopened, and never a broken image.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import datetime as dt
+import functools
 import html
 import io
 import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from amulet_lab.errors import AmuletError, ValidationError
+from amulet_lab.fonts import thai_html
 
-__all__ = ["ClassifierApp", "GalleryItem", "BAND_WORDS", "band_words", "upload_bytes", "sample_pair"]
+__all__ = ["ClassifierApp", "GalleryItem", "BAND_WORDS", "band_words", "upload_bytes", "sample_pair", "english_name"]
 
 log = logging.getLogger("amulet_lab.widgets")
 
 #: The confidence band in plain words, as the user reads it.
 BAND_WORDS = {"reliable": "Reliable", "verify": "Check with an expert", "retake": "Retake the photo"}
 _BAND_COLOURS = {"reliable": "#2e7d32", "verify": "#ef6c00", "retake": "#c62828"}
+_PREVIEW_PX = 220
+_CHART_PX = 720
+#: Long file names and paths wrap instead of widening their box (no horizontal scrollbars).
+_WRAP = "overflow-wrap:anywhere;word-break:break-word"
+_SIDES = ("front", "back")
 
 
 def band_words(band: str) -> str:
@@ -30,6 +49,21 @@ def band_words(band: str) -> str:
     if band not in BAND_WORDS:
         raise ValidationError(f"unknown confidence band {band!r}", field="band", value=band)
     return BAND_WORDS[band]
+
+
+@functools.lru_cache(maxsize=1)
+def _english_names() -> dict[str, str]:
+    from amulet_lab.data.labels import load_labels
+
+    try:
+        return {label.key: label.english for label in load_labels()}
+    except AmuletError:
+        return {}
+
+
+def english_name(key: str) -> str:
+    """The English name of a class key (``data/labels.json``); the key in words when it is not listed there."""
+    return _english_names().get(key) or str(key).replace("_", " ").capitalize()
 
 
 def sample_pair(folder: str | Path | None = None) -> tuple[Path, Path | None]:
@@ -78,6 +112,25 @@ class GalleryItem:
     error: str | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class _Source:
+    """Where one side's photo comes from: ``upload`` (bytes kept), ``path`` (typed) or ``code`` (classify_paths)."""
+
+    kind: str
+    name: str
+    data: bytes | None = None
+
+    def read(self) -> tuple[str, bytes]:
+        if self.data is not None:
+            return self.name, self.data
+        path = Path(self.name).expanduser()
+        return path.name, _read(path)
+
+    def describe(self) -> str:
+        how = {"upload": "uploaded", "path": "typed path", "code": "given in code"}[self.kind]
+        return f"{how} <code style='{_WRAP}'>{html.escape(self.name)}</code>"
+
+
 def _thumbnail(data: bytes, side: int = 112) -> bytes:
     from amulet_lab.images import decode
 
@@ -88,10 +141,25 @@ def _thumbnail(data: bytes, side: int = 112) -> bytes:
     return buf.getvalue()
 
 
+def _img_html(data: bytes, mime: str, *, alt: str, max_width: int) -> str:
+    """An ``<img>`` with the image inline (a data URL), scaled down to fit ``max_width`` pixels."""
+    src = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+    return (f"<img src='{src}' alt='{html.escape(alt, quote=True)}' "
+            f"style='max-width:min(100%, {max_width}px);height:auto;display:block'>")
+
+
+def _placeholder(text: str, *, width: int, height: int) -> str:
+    """A dashed box with a line of text: what is shown where there is no image."""
+    return (f"<div class='amulet-placeholder' style='box-sizing:border-box;width:{width}px;max-width:100%;"
+            f"height:{height}px;border:1px dashed #bbb;border-radius:6px;display:flex;align-items:center;"
+            f"justify-content:center;text-align:center;padding:8px;color:#777;font-size:12px;{_WRAP}'>"
+            f"{html.escape(text)}</div>")
+
+
 class ClassifierApp:
     """Upload a front photo (and optionally the back) or give paths; see names, band, agreement, timings.
 
-    ``app.state`` holds what is shown (label, names, band words, agree, timings, cache hit, error);
+    ``app.state`` holds what is shown (label, names, band words, agree, timings, cache hit, error, sources);
     ``app.gallery(folder)`` classifies a folder and shows it sorted by uncertainty.
     """
 
@@ -109,50 +177,75 @@ class ClassifierApp:
         self.result: Any = None
         self.gallery_items: list[GalleryItem] = []
         self.state: dict[str, Any] = {"status": "waiting for a photo"}
+        self._sources: dict[str, _Source | None] = {"front": None, "back": None}
+        self._back_is_new = False  # a back was given since the last classification (it waits for its front)
+        self._notice = ""  # a one-off remark shown with the next status (e.g. that a back was removed)
+        self._quiet = False  # set while the app itself changes an input widget: not the user's doing
+        self._gallery_cards = 0
 
         self.front_upload = w.FileUpload(accept="image/*", multiple=False, description="Front photo")
         self.back_upload = w.FileUpload(accept="image/*", multiple=False, description="Back (optional)")
-        self.front_path = w.Text(placeholder="…or a path to the front photo", layout=w.Layout(width="360px"))
-        self.back_path = w.Text(placeholder="…and optionally the back", layout=w.Layout(width="360px"))
+        self.front_path = w.Text(placeholder="…or a path to the front photo", continuous_update=False,
+                                 layout=w.Layout(width="360px"))
+        self.back_path = w.Text(placeholder="…or a path to the back", continuous_update=False,
+                                layout=w.Layout(width="360px"))
+        self.front_clear = w.Button(description="Clear front", icon="times", tooltip="remove the front photo")
+        self.back_clear = w.Button(description="Clear back", icon="times", tooltip="remove the back photo")
+        self.front_source = w.HTML()
+        self.back_source = w.HTML()
         self.classify_button = w.Button(description="Classify", button_style="primary", icon="search")
-        self.front_preview = w.Image(format="jpeg", layout=w.Layout(max_width="220px"))
-        self.back_preview = w.Image(format="jpeg", layout=w.Layout(max_width="220px"))
+        self.front_preview = w.HTML(layout=w.Layout(width=f"{_PREVIEW_PX + 10}px"))
+        self.back_preview = w.HTML(layout=w.Layout(width=f"{_PREVIEW_PX + 10}px"))
         self.result_html = w.HTML()
-        self.chart = w.Image(format="png")
+        self.chart = w.HTML(layout=w.Layout(width="100%", max_width=f"{_CHART_PX + 10}px"))
         self.latency_html = w.HTML()
         self.status = w.HTML("<i>Upload a front photo, or type a path and press Classify.</i>")
         self.gallery_path = w.Text(placeholder="folder of photos (empty: the samples)", layout=w.Layout(width="360px"))
         self.gallery_button = w.Button(description="Gallery", icon="th")
-        self.gallery_box = w.GridBox(layout=w.Layout(grid_template_columns=f"repeat(auto-fill, {thumbnail_px + 40}px)"))
+        self.gallery_html = w.HTML(
+            "<p><i>Press <b>Gallery</b> to classify a folder of photos (empty: the samples); "
+            "the least certain answers come first.</i></p>", layout=w.Layout(width="100%"))
+        self.gallery_box = w.VBox([self.gallery_html], layout=w.Layout(width="100%"))
 
-        self.front_upload.observe(self._on_upload, names="value")
-        self.back_upload.observe(self._on_upload, names="value")
-        # A path typed after an upload replaces that upload (a browser cannot clear a FileUpload; without this
-        # the old upload would win and be shown under the new path).
-        self.front_path.observe(lambda ch: self._forget_upload(self.front_upload, ch), names="value")
-        self.back_path.observe(lambda ch: self._forget_upload(self.back_upload, ch), names="value")
+        for side in _SIDES:
+            self._upload(side).observe(lambda ch, side=side: self._safely(lambda: self._on_upload(side, ch)), names="value")
+            self._path(side).observe(lambda ch, side=side: self._safely(lambda: self._on_path(side, ch)), names="value")
+        self.front_clear.on_click(lambda _b: self._safely(lambda: self.clear("front")))
+        self.back_clear.on_click(lambda _b: self._safely(lambda: self.clear("back")))
         self.classify_button.on_click(lambda _b: self._safely(self.classify))
         self.gallery_button.on_click(lambda _b: self._safely(lambda: self.gallery(self.gallery_path.value)))
 
         inputs = w.VBox([
-            w.HBox([self.front_upload, self.front_path]),
-            w.HBox([self.back_upload, self.back_path]),
+            w.HBox([self.front_upload, self.front_path, self.front_clear]),
+            w.HBox([self.back_upload, self.back_path, self.back_clear]),
+            w.VBox([self.front_source, self.back_source]),
             self.classify_button,
         ])
         single = w.HBox([w.VBox([self.front_preview, self.back_preview]),
-                         w.VBox([self.result_html, self.chart, self.latency_html])])
-        gallery = w.VBox([w.HBox([self.gallery_path, self.gallery_button]), self.gallery_box])
+                         w.VBox([self.result_html, self.chart, self.latency_html],
+                                layout=w.Layout(flex="1 1 auto", min_width="0"))])
+        gallery = w.VBox([
+            w.HTML("<b>Most uncertain first</b>: the photos whose answers most need a second look lead."),
+            w.HBox([self.gallery_path, self.gallery_button]),
+            self.gallery_box,
+        ])
         self.tabs = w.Tab(children=[w.VBox([inputs, self.status, single]), gallery])
-        self.tabs.set_title(0, "Classify")
-        self.tabs.set_title(1, "Gallery (most uncertain first)")
+        self.tabs.titles = ("Classify", "Gallery")
         self.widget = self.tabs
+        self._show_sources()
+        self._show_placeholders()
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, *, settings: Any = None, **kwargs: Any) -> ClassifierApp:
-        """An app over ``AmuletClassifier.from_checkpoint(path)`` (None: the default checkpoint)."""
+        """An app over the classifier of ``settings`` (read here, at the edge; None: the environment's) and ``path``
+        (None: AMULET_MODEL_PATH or the bundled checkpoint)."""
         from amulet_lab.model import AmuletClassifier
 
-        return cls(AmuletClassifier.from_checkpoint(path, settings=settings), **kwargs)
+        if settings is None:
+            from amulet_lab.config import get_settings
+
+            settings = get_settings()
+        return cls(AmuletClassifier.from_settings(settings, path), **kwargs)
 
     # ---- display -------------------------------------------------------------------------
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
@@ -161,62 +254,159 @@ class ClassifierApp:
     def __repr__(self) -> str:
         return f"ClassifierApp(status={self.state.get('status')!r}, label={self.state.get('label')!r})"
 
+    # ---- inputs: one source per side -------------------------------------------------------
+    def _upload(self, side: str) -> Any:
+        return self.front_upload if side == "front" else self.back_upload
+
+    def _path(self, side: str) -> Any:
+        return self.front_path if side == "front" else self.back_path
+
+    def _preview(self, side: str) -> Any:
+        return self.front_preview if side == "front" else self.back_preview
+
+    @contextmanager
+    def _by_app(self) -> Iterator[None]:
+        """Input widgets changed inside this block are the app's doing: their observers do nothing."""
+        quiet, self._quiet = self._quiet, True
+        try:
+            yield
+        finally:
+            self._quiet = quiet
+
+    def _blank_inputs(self, side: str) -> None:
+        with self._by_app():
+            self._upload(side).value = ()
+            self._path(side).value = ""
+
+    def _set_source(self, side: str, source: _Source | None) -> None:
+        """Make ``source`` the one source of ``side``; a new front removes a back given with the previous front."""
+        if side == "front" and source is not None and self._sources["front"] is not None \
+                and self._sources["back"] is not None and not self._back_is_new:
+            dropped = self._sources["back"]
+            self._sources["back"] = None
+            self._blank_inputs("back")
+            self._notice = (f"The back {Path(dropped.name).name} was removed: it belonged to the previous front. "
+                            "Add this photo's back if you have one.")
+        if side == "back":
+            self._back_is_new = source is not None
+        self._sources[side] = source
+        self._show_sources()
+
+    def _show_sources(self) -> None:
+        for side in _SIDES:
+            src = self._sources[side]
+            text = src.describe() if src else "<span style='color:#777'>none</span>"
+            widget = self.front_source if side == "front" else self.back_source
+            widget.value = f"<div style='{_WRAP}'><b>{side.capitalize()}:</b> {text}</div>"
+
+    def _on_upload(self, side: str, change: dict[str, Any]) -> None:
+        if self._quiet:
+            return
+        got = upload_bytes(change.get("new"))
+        if got is None:
+            return
+        with self._by_app():
+            self._path(side).value = ""  # the upload replaces a typed path: only the active source is shown
+        self._set_source(side, _Source("upload", got[0], got[1]))
+        self.classify()
+
+    def _on_path(self, side: str, change: dict[str, Any]) -> None:
+        if self._quiet:
+            return
+        text = str(change.get("new") or "").strip()
+        if text:
+            with self._by_app():
+                self._upload(side).value = ()  # the typed path replaces an upload of this side
+            self._set_source(side, _Source("path", text))
+            self.status.value = f"<i>{side} photo: {html.escape(text)}; press Classify.</i>"
+        elif self._sources[side] is not None and self._sources[side].kind == "path":
+            self._set_source(side, None)
+
+    def clear(self, side: str) -> None:
+        """Remove the photo of ``side`` (``front`` or ``back``): its upload, typed path and preview."""
+        if side not in _SIDES:
+            raise ValidationError("side must be 'front' or 'back'", field="side", value=side)
+        self._blank_inputs(side)
+        self._set_source(side, None)
+        if side == "back" and self._sources["front"] is not None:
+            self._notice = "Back removed: the front alone is classified."
+            self.classify()
+            return
+        self._clear_result()
+        self.state = {"status": "waiting for a photo", "sources": self._source_state()}
+        back = self._sources["back"]
+        if back is not None:
+            self.back_preview.value = _placeholder(f"back {Path(back.name).name} kept: it will be paired with the "
+                                                   "next front", width=_PREVIEW_PX, height=120)
+        self.status.value = ("<i>Front removed. Upload a front photo" +
+                             (" (the back is kept and will be paired with it)." if back else ".") + "</i>"
+                             if side == "front" else "<i>Back removed.</i>")
+
+    def _source_state(self) -> dict[str, str | None]:
+        return {side: (src.kind if src else None) for side, src in self._sources.items()}
+
     # ---- actions -------------------------------------------------------------------------
-    def _on_upload(self, change: dict[str, Any]) -> None:
-        if change.get("new"):
-            self._safely(self.classify)
-
-    @staticmethod
-    def _forget_upload(upload: Any, change: dict[str, Any]) -> None:
-        if str(change.get("new") or "").strip() and upload.value:
-            upload.value = ()
-
-    def _safely(self, action: Any) -> None:
+    def _safely(self, action: Callable[[], Any]) -> None:
         """Run a button/upload action; our own errors are shown to the user, anything else propagates."""
         try:
             action()
         except AmuletError as exc:
-            self.state = {"status": "error", "error": exc.code, "message": exc.message}
-            self.status.value = f"<span style='color:#c62828'>⚠ {html.escape(exc.message)} <code>{exc.code}</code></span>"
+            self.state = {"status": "error", "error": exc.code, "message": exc.message, "sources": self._source_state()}
+            notice, self._notice = self._notice, ""
+            self.status.value = (f"<span style='color:#c62828;{_WRAP}'>⚠ {html.escape(exc.message)} "
+                                 f"<code>{exc.code}</code></span>" +
+                                 (f"<br><span style='color:#ef6c00'>{html.escape(notice)}</span>" if notice else ""))
             log.info("classify app: %s", exc.code)
 
-    def _inputs(self) -> tuple[tuple[str, bytes] | None, tuple[str, bytes] | None]:
-        front = upload_bytes(self.front_upload.value)
-        back = upload_bytes(self.back_upload.value)
-        if front is None and self.front_path.value.strip():
-            p = Path(self.front_path.value.strip()).expanduser()
-            front = (p.name, _read(p))
-        if back is None and self.back_path.value.strip():
-            p = Path(self.back_path.value.strip()).expanduser()
-            back = (p.name, _read(p))
-        return front, back
-
     def classify(self) -> Any:
-        """Classify the current front (and back) input, update every widget and ``state``; returns the pair."""
-        self._clear()  # a failure below must never leave the previous photo's result on show
-        front, back = self._inputs()
-        if front is None:
-            raise ValidationError("no front photo: upload one or give its path", field="front", code="E_NO_IMAGE")
-        self.status.value = "<i>classifying…</i>"
-        pair = self.classifier.predict_pair(front[1], back[1] if back else None)
+        """Classify the current front (and back), update every widget and ``state``; returns the pair."""
+        self._clear_result()  # a failure below must never leave the previous photo's result on show
+        front_src, back_src = self._sources["front"], self._sources["back"]
+        if front_src is None:
+            waiting = (f" The back {Path(back_src.name).name} is kept and will be paired with it." if back_src else "")
+            self.back_preview.value = (_placeholder("back kept: waiting for its front", width=_PREVIEW_PX, height=120)
+                                       if back_src else self.back_preview.value)
+            raise ValidationError("no front photo: upload one or give its path." + waiting, field="front",
+                                  code="E_NO_IMAGE")
+        try:
+            front = front_src.read()
+            back = back_src.read() if back_src else None
+            self.status.value = "<i>classifying…</i>"
+            pair = self.classifier.predict_pair(front[1], back[1] if back else None)
+            previews = {"front": _thumbnail(front[1], _PREVIEW_PX), "back": _thumbnail(back[1], _PREVIEW_PX) if back else None}
+        except AmuletError as exc:
+            for side in _SIDES:
+                self._preview(side).value = _placeholder(f"not shown: {exc.code}" if self._sources[side] else
+                                                         f"no {side} photo", width=_PREVIEW_PX, height=120)
+            self.chart.value = _placeholder("no chart: the photo was not classified", width=_CHART_PX, height=80)
+            raise
         self.result = pair
-        self.front_preview.value = _thumbnail(front[1], 220)
-        self.back_preview.value = _thumbnail(back[1], 220) if back else b""
+        self._back_is_new = False
+        names = {"front": front[0], "back": back[0] if back else None}
+        for side in _SIDES:
+            data = previews[side]
+            self._preview(side).value = (
+                _img_html(data, "image/jpeg", alt=f"{side}: {names[side]}", max_width=_PREVIEW_PX) if data else
+                _placeholder("no back photo (optional: upload one to compare the sides)", width=_PREVIEW_PX, height=120))
         self._show(pair, front[0], back[0] if back else None)
         return pair
 
-    def _clear(self) -> None:
-        """Forget and blank the last result (previews, names, chart, timings)."""
+    def _show_placeholders(self) -> None:
+        self.front_preview.value = _placeholder("no front photo yet", width=_PREVIEW_PX, height=120)
+        self.back_preview.value = _placeholder("no back photo (optional)", width=_PREVIEW_PX, height=120)
+        self.chart.value = _placeholder("the top-k chart appears here", width=_CHART_PX, height=80)
+
+    def _clear_result(self) -> None:
+        """Forget and blank the last result (previews, names, chart, timings): placeholders, never empty images."""
         self.result = None
-        self.state = {"status": "classifying"}
-        self.front_preview.value = b""
-        self.back_preview.value = b""
+        self.state = {"status": "classifying", "sources": self._source_state()}
+        self._show_placeholders()
         self.result_html.value = ""
-        self.chart.value = b""
         self.latency_html.value = ""
 
     def _show(self, pair: Any, front_name: str, back_name: str | None) -> None:
         from amulet_lab.bench.plots import figure_to_png, topk_figure
+        from amulet_lab.display import html_table
 
         main = pair.combined if getattr(pair, "combined", None) is not None else pair.front
         band = main.confidence_band
@@ -225,10 +415,12 @@ class ClassifierApp:
         timings = {side: dict(p.timings) for side, p in (("front", pair.front), ("back", pair.back)) if p is not None}
         cache_hit = {side: bool(p.cache_hit) for side, p in (("front", pair.front), ("back", pair.back)) if p is not None}
         top = [tuple(row) for row in main.top_k[: self.top_k]]
+        english = [main.english_name if row[0] == main.label else english_name(row[0]) for row in top]
         self.state = {
             "status": "done",
             "front": front_name,
             "back": back_name,
+            "sources": self._source_state(),
             "label": main.label,
             "english": main.english_name,
             "thai": main.thai_name,
@@ -239,40 +431,57 @@ class ClassifierApp:
             "agree": agree,
             "agree_text": agree_text,
             "top_k": top,
+            "top_k_english": english,
             "timings": timings,
             "cache_hit": cache_hit,
         }
         colour = _BAND_COLOURS[band]
         unknown = "<p><b>Not one of the six known types.</b></p>" if main.is_unknown else ""
+        rows = "".join(
+            f"<tr><td style='text-align:left'>{html.escape(en)}</td>"
+            f"<td style='text-align:left'>{thai_html(row[1])}</td>"
+            f"<td style='text-align:right'>{float(row[-1]):.0%}</td></tr>"
+            for en, row in zip(english, top))
         self.result_html.value = (
             f"<h3 style='margin:0'>{html.escape(main.english_name)}</h3>"
-            f"<div style='font-size:1.3em'>{html.escape(main.thai_name)}</div>{unknown}"
+            f"{thai_html(main.thai_name, tag='div', style='font-size:1.3em')}{unknown}"
             f"<p><span style='background:{colour};color:white;padding:2px 8px;border-radius:8px'>"
             f"{html.escape(band_words(band))}</span> confidence {main.confidence:.0%}</p>"
             f"<p>{html.escape(agree_text)}</p>"
+            f"<table><thead><tr><th style='text-align:left'>class</th><th style='text-align:left'>Thai name</th>"
+            f"<th>probability</th></tr></thead><tbody>{rows}</tbody></table>"
         )
-        self.chart.value = figure_to_png(topk_figure(top, title="top-k probabilities"))
-        from amulet_lab.display import html_table
-
+        chart_rows = [(row[0], en, row[-1]) for en, row in zip(english, top)]
+        png = figure_to_png(topk_figure(chart_rows, title="top-k probabilities", width=_CHART_PX / 96), dpi=96)
+        alt = "top-k probabilities: " + ", ".join(f"{en} {float(row[-1]):.0%}" for en, row in zip(english, top))
+        self.chart.value = _img_html(png, "image/png", alt=alt, max_width=_CHART_PX)
         self.latency_html.value = "".join(
             html_table(
-                [(f"{stage} ms", f"{t[stage]:.1f}") for stage in ("decode", "preprocess", "infer", "postprocess", "total")
+                [(f"{stage} ms", f"{t[stage]:.1f}") for stage in ("lookup", "decode", "preprocess", "infer", "postprocess", "total")
                  if stage in t] + [("answer", "⚡ cache hit" if cache_hit[side] else "computed")],
                 caption=f"{side} photo",
             )
             for side, t in timings.items()
         )
-        self.status.value = f"<i>classified {html.escape(front_name)}" + (f" + {html.escape(back_name)}" if back_name else "") + "</i>"
+        notice, self._notice = self._notice, ""
+        self.status.value = (f"<i style='{_WRAP}'>classified {html.escape(front_name)}" +
+                             (f" + {html.escape(back_name)}" if back_name else "") + "</i>" +
+                             (f"<br><span style='color:#ef6c00'>{html.escape(notice)}</span>" if notice else ""))
 
     def classify_paths(self, front: str | Path | None = None, back: str | Path | None = None) -> Any:
-        """Classify photos by path, as if typed into the path boxes (None, None: a sample front and back)."""
+        """Classify photos by path from code (None, None: a sample front and back).
+
+        The photos become the sides' sources ("given in code"); the path boxes are left empty for the user's
+        own photos, and a front uploaded next replaces this pair (its back included).
+        """
         if front is None:
             front, default_back = sample_pair()
             back = default_back if back is None else back
-        self.front_upload.value = ()
-        self.back_upload.value = ()
-        self.front_path.value = str(front)
-        self.back_path.value = "" if back is None else str(back)
+        for side in _SIDES:
+            self._blank_inputs(side)
+        self._sources = {"front": _Source("code", str(front)), "back": _Source("code", str(back)) if back else None}
+        self._back_is_new = False
+        self._show_sources()
         return self.classify()
 
     def describe(self) -> str:
@@ -280,7 +489,7 @@ class ClassifierApp:
         st = self.state
         if st.get("status") != "done":
             return f"status: {st.get('status')}" + (f" ({st.get('error')}: {st.get('message')})" if st.get("error") else "")
-        stages = [k for k in ("decode", "preprocess", "infer", "postprocess") if k in st["timings"]["front"]]
+        stages = [k for k in ("lookup", "decode", "preprocess", "infer", "postprocess") if k in st["timings"]["front"]]
         return "\n".join([
             f"photos: {st['front']}" + (f" + {st['back']}" if st["back"] else ""),
             f"prediction: {st['english']} ({st['thai']}), key {st['label']}",
@@ -290,15 +499,16 @@ class ClassifierApp:
             f"stages timed: {', '.join(stages)}",
         ])
 
+    # ---- gallery -------------------------------------------------------------------------
     def gallery(self, folder: str | Path | None = None, *, limit: int = 60, batch_size: int = 16,
                 progress: bool = True) -> list[GalleryItem]:
         """Classify up to ``limit`` photos under ``folder`` (None or empty: the samples), most uncertain first.
 
         Photos go through the model in batches of ``batch_size`` with a progress bar; a batch that fails is
         retried photo by photo, and a photo that still fails is shown marked with its error (listed last)
-        instead of ending the gallery.
+        instead of ending the gallery. The cards are one HTML widget (thumbnails inline), so a saved notebook
+        shows the gallery when reopened, before any cell is run again.
         """
-        import ipywidgets as w
         from tqdm.auto import tqdm
 
         from amulet_lab.bench.scenarios import image_paths
@@ -321,22 +531,38 @@ class ClassifierApp:
                 bar.update(len(chunk))
         items.sort(key=lambda it: (it.error is not None, -it.uncertainty, str(it.path)))
         self.gallery_items = items
-        cards = []
-        for it in items:
-            if it.error is not None:
-                caption = (f"<div style='font-size:11px;line-height:1.2;color:#c62828'><b>⚠ not classified</b><br>"
-                           f"<code>{html.escape(it.error)}</code><br>{html.escape(it.path.name)}</div>")
-                cards.append(w.VBox([w.HTML(caption)]))
-                continue
-            caption = (
-                f"<div style='font-size:11px;line-height:1.2'><b>{html.escape(it.prediction.english_name)}</b><br>"
-                f"{it.prediction.confidence:.0%} · {html.escape(band_words(it.prediction.confidence_band))}<br>"
-                f"<span style='color:#777'>{html.escape(it.path.name)}</span></div>"
-            )
-            cards.append(w.VBox([w.Image(value=_thumbnail(it.path.read_bytes(), self.thumbnail_px), format="jpeg"),
-                                 w.HTML(caption)]))
-        self.gallery_box.children = tuple(cards)
+        cards = [self._card(it) for it in items]
+        self._gallery_cards = len(cards)
+        failed = sum(1 for it in items if it.error is not None)
+        when = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+        head = (f"<p style='{_WRAP}'><b>{len(items)} photo(s)</b> from <code>{html.escape(str(root))}</code>, "
+                f"most uncertain first{f', {failed} not classified' if failed else ''} · classified {when}. "
+                "<span style='color:#777'>Saved with the notebook; to classify another folder after reopening it, "
+                "run the notebook's cells first (the buttons need its running kernel).</span></p>")
+        grid = (f"<div style='display:grid;grid-template-columns:repeat(auto-fill, minmax({self.thumbnail_px + 40}px, 1fr));"
+                f"gap:8px;width:100%;box-sizing:border-box'>{''.join(cards)}</div>") if cards else \
+            "<p><i>No photos found in this folder.</i></p>"
+        self.gallery_html.value = head + grid
         return items
+
+    def _card(self, it: GalleryItem) -> str:
+        """One gallery card as HTML: thumbnail (or placeholder), names, confidence, band, file name (wrapped)."""
+        box = ("class='amulet-card' style='min-width:0;overflow:hidden;box-sizing:border-box;padding:4px;"
+               "border:1px solid #e0e0e0;border-radius:6px;font-size:11px;line-height:1.25'")
+        name = f"<div style='color:#777;{_WRAP}'>{html.escape(it.path.name)}</div>"
+        if it.error is not None:
+            return (f"<div {box}>{_placeholder('no preview', width=self.thumbnail_px, height=self.thumbnail_px)}"
+                    f"<div style='color:#c62828'><b>⚠ not classified</b><br><code>{html.escape(it.error)}</code></div>"
+                    f"{name}</div>")
+        try:
+            thumb = _img_html(_thumbnail(it.path.read_bytes(), self.thumbnail_px), "image/jpeg", alt=it.path.name,
+                              max_width=self.thumbnail_px)
+        except (AmuletError, OSError):
+            thumb = _placeholder("no preview", width=self.thumbnail_px, height=self.thumbnail_px)
+        pred = it.prediction
+        return (f"<div {box}>{thumb}<div style='{_WRAP}'><b>{html.escape(pred.english_name)}</b></div>"
+                f"{thai_html(pred.thai_name, tag='div', style=_WRAP)}"
+                f"<div>{pred.confidence:.0%} · {html.escape(band_words(pred.confidence_band))}</div>{name}</div>")
 
     def _classify_chunk(self, paths: list[Path]) -> list[GalleryItem]:
         """One batch through the model; when it fails, photo by photo so only the bad ones are marked."""
@@ -361,11 +587,10 @@ class ClassifierApp:
         ordered = all(a >= b for a, b in zip(u, u[1:]))
         failed = sum(1 for it in self.gallery_items if it.error is not None)
         return (f"gallery photos: {len(self.gallery_items)}, most uncertain first: {ordered}, "
-                f"not classified: {failed}, cards shown: {len(self.gallery_box.children)}")
+                f"not classified: {failed}, cards shown: {self._gallery_cards}")
 
 
 def _read(path: Path) -> bytes:
     if not path.is_file():
         raise ValidationError(f"photo not found: {path}", field="path", value=str(path), code="E_IMAGE_NOT_FOUND")
     return path.read_bytes()
-

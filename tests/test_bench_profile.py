@@ -15,7 +15,7 @@ def classifier(tmp_path_factory):
     from amulet_lab.model import AmuletClassifier
 
     path = untrained_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", size=32)
-    return AmuletClassifier.from_checkpoint(path, settings=load_settings({}, dotenv=None))
+    return AmuletClassifier.from_settings(load_settings({}, dotenv=None), path)
 
 
 @pytest.fixture
@@ -25,8 +25,8 @@ def low_pressure_thresholds(monkeypatch, settings):
     from amulet_lab import memory
 
     monitor = memory.get_memory_monitor()
-    monkeypatch.setattr(monitor, "settings", settings.replace(memory_warning_threshold=0.0001,
-                                                              memory_critical_threshold=0.9999))
+    monkeypatch.setattr(monitor, "warning_threshold", 0.0001)
+    monkeypatch.setattr(monitor, "critical_threshold", 0.9999)
     yield monitor
     monkeypatch.undo()
     monitor.check_memory_pressure()

@@ -115,9 +115,13 @@ def test_memory_cache_and_topk_figures():
                                                "hit_rate": 0.5, "expected_hit_rate": 0.5})
     ax = plots.cache_figure(cache).axes[0]
     assert [p.get_height() for p in ax.patches] == [9.0, 0.5, 10.0, 0.6] and "50%" in ax.get_title()
-    ax = plots.topk_figure([("somdej", "สมเด็จ", 0.7), ("sivali", "สีวลี", 0.2)]).axes[0]
-    assert [t.get_text() for t in ax.get_yticklabels()] == ["somdej", "sivali"]
+    # Bars are labelled by (English) name, not by class key; the chart is wide enough to read (Thai: test_fonts.py).
+    fig = plots.topk_figure([("somdej_pratanporn_buddhagavak", "Somdej Pratanporn Buddhagavak", 0.7),
+                             ("phra_sivali", "Phra Sivali", 0.2)])
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["Somdej Pratanporn Buddhagavak", "Phra Sivali"]
     assert [p.get_width() for p in ax.patches] == [0.7, 0.2]
+    assert fig.get_figwidth() >= 7.5 and ax.get_title() == "top-k"
     png = plots.figure_to_png(plots.topk_figure([("a", "a", 1.0)]))
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValidationError):

@@ -226,16 +226,25 @@ def cache_figure(result: Any) -> Figure:
     return fig
 
 
-def topk_figure(top_k: Sequence[Sequence[Any]], *, title: str = "top-k") -> Figure:
-    """A horizontal bar chart of ``(key, name, probability)`` rows, most likely on top."""
+def topk_figure(top_k: Sequence[Sequence[Any]], *, title: str = "top-k", width: float = 7.5) -> Figure:
+    """A horizontal bar chart of ``(key, name, probability)`` rows, most likely on top, labelled by name.
+
+    Pass the English name as ``name`` (the app does; the Thai name goes beside it in HTML). A Thai name is drawn
+    with a Thai-capable font when one is installed (``amulet_lab.fonts``); without one the bar is labelled by its
+    key instead of by boxes.
+    """
+    from amulet_lab.fonts import figure_text, font_family_with_thai
+
     rows = list(top_k)
     if not rows:
         raise ValidationError("topk_figure needs at least one (key, name, probability) row", field="top_k")
-    fig = _figure(5, 0.5 + 0.45 * len(rows))
+    fig = _figure(width, 0.9 + 0.5 * len(rows))
     ax = fig.add_subplot()
-    labels = [str(r[0]) for r in rows]
+    labels = [figure_text(str(r[1]), str(r[0])) if len(r) >= 3 else str(r[0]) for r in rows]
     probs = [float(r[-1]) for r in rows]
-    bars = ax.barh(labels, probs, color=["#55a868"] + ["#8c8c8c"] * (len(rows) - 1))
+    positions = list(range(len(rows)))
+    bars = ax.barh(positions, probs, color=["#55a868"] + ["#8c8c8c"] * (len(rows) - 1))
+    ax.set_yticks(positions, labels, fontfamily=font_family_with_thai())
     ax.bar_label(bars, labels=[f"{p:.0%}" for p in probs], padding=3, fontsize="small")
     ax.set_xlim(0, 1.15)
     ax.invert_yaxis()

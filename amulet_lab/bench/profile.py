@@ -62,7 +62,8 @@ class PipelineProfile:
         return pd.DataFrame([{k: c.get(k) for k in cols} for c in self.pressure_checks], columns=cols)
 
     def events_frame(self):  # -> pandas.DataFrame
-        """Memory-pressure events seen during the profile: a level change each (from, to, score, RSS, responders run)."""
+        """Memory-pressure events seen during the profile: a level change each (from, to, score, RSS, responders run);
+        with none, a frame that shows a sentence saying so instead of bare headers."""
         import pandas as pd
 
         cols = ["time", "from", "to", "score", "rss_mb", "responses", "errors"]
@@ -70,7 +71,12 @@ class PipelineProfile:
         for row in rows:
             row["responses"] = ", ".join(row["responses"] or {}) or "-"
             row["errors"] = len(row["errors"] or {})
-        return pd.DataFrame(rows, columns=cols)
+        from amulet_lab.bench.report import frame_or_sentence
+
+        levels = sorted({str(c.get("level")) for c in self.pressure_checks if c.get("level")})
+        seen = f" (level seen: {', '.join(levels)})" if levels else ""
+        return frame_or_sentence(pd.DataFrame(rows, columns=cols),
+                                 f"No memory-pressure events: the pressure level did not change during the profile{seen}.")
 
     def threads_frame(self):  # -> pandas.DataFrame
         """Thread pools (name, workers, submitted, completed ...) as the thread manager reports them."""
@@ -143,7 +149,7 @@ def profile_pipeline(
     if classifier is None:
         from amulet_lab.model import AmuletClassifier
 
-        classifier = AmuletClassifier.from_checkpoint(checkpoint, settings=settings)
+        classifier = AmuletClassifier.from_settings(settings, checkpoint)
     if data_dir is None:
         from amulet_lab.data import SAMPLES_DIR
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import html
 import logging
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -30,6 +33,8 @@ __all__ = [
     "run_report",
     "kernel_name",
     "export_html",
+    "frame_or_sentence",
+    "LatestRun",
 ]
 
 log = logging.getLogger("amulet_lab.bench")
@@ -56,6 +61,89 @@ def kernel_name() -> str:
 
     specs = KernelSpecManager().find_kernel_specs()
     return "amulet-lab" if "amulet-lab" in specs else "python3"
+
+
+@functools.lru_cache(maxsize=1)
+def _sentence_frame_class() -> type:
+    import pandas as pd
+
+    class SentenceFrame(pd.DataFrame):
+        """A DataFrame that, when it has no rows, shows a sentence instead of a table of headers only."""
+
+        _metadata = ["sentence"]
+        sentence: str = ""
+
+        @property
+        def _constructor(self) -> type:
+            return SentenceFrame
+
+        def _repr_html_(self) -> str | None:
+            if self.empty and self.sentence:
+                return f"<p><i>{html.escape(self.sentence)}</i></p>"
+            return super()._repr_html_()
+
+        def __repr__(self) -> str:
+            return self.sentence if self.empty and self.sentence else super().__repr__()
+
+    return SentenceFrame
+
+
+def frame_or_sentence(frame: Any, sentence: str) -> Any:
+    """``frame`` as a DataFrame that displays ``sentence`` (in HTML and as text) when it has no rows."""
+    out = _sentence_frame_class()(frame)
+    out.sentence = sentence
+    return out
+
+
+@dataclasses.dataclass
+class LatestRun:
+    """The latest run as one small table per scenario (its own metrics only, units beside the values)."""
+
+    run_id: str | None
+    tables: dict[str, list[tuple[str, float, str]]]
+
+    @classmethod
+    def from_records(cls, run_id: str | None, records: list[dict[str, Any]]) -> LatestRun:
+        """Per scenario (and variant) of ``records``: its measured metrics, sorted by name; NaN/None left out."""
+        from amulet_lab.bench.plots import unit_of
+
+        tables: dict[str, list[tuple[str, float, str]]] = {}
+        for r in records:
+            key = r["scenario"] + (f"[{r['variant']}]" if r.get("variant") else "")
+            rows = [(m, float(v), unit_of(m)) for m, v in sorted((r.get("metrics") or {}).items())
+                    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
+            tables[key] = rows
+        return cls(run_id, tables)
+
+    @staticmethod
+    def _value(metric: str, value: float, unit: str) -> str:
+        if unit == "share":
+            return f"{value:.1%}"
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+
+    def _repr_html_(self) -> str:
+        if not self.tables:
+            return "<p><i>No run in the history yet: run 03_benchmark (or amulet-lab report) first.</i></p>"
+        cards = []
+        for key, rows in self.tables.items():
+            body = "".join(
+                f"<tr><td style='text-align:left'>{html.escape(m)}</td>"
+                f"<td style='text-align:right'>{html.escape(self._value(m, v, u))}</td>"
+                f"<td style='text-align:left;color:#666'>{html.escape(u)}</td></tr>"
+                for m, v, u in rows) or "<tr><td colspan='3'><i>no metrics recorded</i></td></tr>"
+            cards.append(f"<div style='display:inline-block;vertical-align:top;margin:0 24px 16px 0'>"
+                         f"<h4 style='margin:0 0 4px 0'>{html.escape(key)}</h4>"
+                         f"<table><thead><tr><th>metric</th><th>value</th><th>unit</th></tr></thead>"
+                         f"<tbody>{body}</tbody></table></div>")
+        return f"<div>{''.join(cards)}</div>"
+
+    def __repr__(self) -> str:
+        if not self.tables:
+            return "no run in the history yet"
+        blocks = []
+        for key, rows in self.tables.items():
+            blocks.append("\n".join([key] + [f"  {m}: {self._value(m, v, u)} {u}".rstrip() for m, v, u in rows]))
+        return "\n\n".join(blocks)
 
 
 def export_html(notebook: str | Path, out: str | Path | None = None, *, exclude_input: bool = False) -> Path:
@@ -235,8 +323,13 @@ class PerformanceReport:
             out[key] = pd.DataFrame({"value": r["metrics"]}).round(3)
         return out
 
+    def latest_view(self) -> LatestRun:
+        """The latest run as one small table per scenario (what the report shows)."""
+        return LatestRun.from_records(self.latest_run_id, self.latest)
+
     def latest_frame(self):  # -> pandas.DataFrame
-        """The latest run's metrics: one row per metric, one column per scenario."""
+        """The latest run's metrics: one row per metric, one column per scenario (for code; NaN where a scenario
+        does not measure a metric; the report shows ``latest_view()``)."""
         import pandas as pd
 
         tables = self.latest_tables()
@@ -254,7 +347,14 @@ class PerformanceReport:
     def regressions_frame(self):  # -> pandas.DataFrame
         """The regressions (and improvements) of the latest run against the earlier runs."""
         frame = self.comparison.to_frame()
-        return frame[frame["status"].isin(["regression", "improvement"])].reset_index(drop=True)
+        changed = frame[frame["status"].isin(["regression", "improvement"])].reset_index(drop=True)
+        if self.latest_run_id is None:
+            sentence = "No run in the history yet, so nothing to compare."
+        elif not any(r.status in ("regression", "improvement", "ok") for r in self.comparison.rows):
+            sentence = "No regressions: the latest run has no earlier runs of the same workload to be compared with."
+        else:
+            sentence = "No regressions and no improvements: every metric of the latest run is within its usual range."
+        return frame_or_sentence(changed, sentence)
 
     def trend_figure(self):  # -> matplotlib Figure
         """A panel per key metric: value per run with the IQR band; regressions in red."""
