@@ -245,6 +245,9 @@ class ClassifierApp:
             from amulet_lab.config import get_settings
 
             settings = get_settings()
+        from amulet_lab.runtime import apply_settings
+
+        apply_settings(settings)
         return cls(AmuletClassifier.from_settings(settings, path), **kwargs)
 
     # ---- display -------------------------------------------------------------------------

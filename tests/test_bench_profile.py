@@ -19,21 +19,20 @@ def classifier(tmp_path_factory):
 
 
 @pytest.fixture
-def low_pressure_thresholds(monkeypatch, settings):
-    """The process-wide memory monitor reads 'warning' for any machine during the test (a level change: an event),
-    and is back at its own settings and level afterwards."""
+def low_pressure_thresholds(settings):
+    """Settings under which the process-wide memory monitor reads 'warning' on any machine (a level change: an
+    event); the monitor is back at the default settings and level afterwards."""
     from amulet_lab import memory
+    from amulet_lab.runtime import apply_settings
 
-    monitor = memory.get_memory_monitor()
-    monkeypatch.setattr(monitor, "warning_threshold", 0.0001)
-    monkeypatch.setattr(monitor, "critical_threshold", 0.9999)
-    yield monitor
-    monkeypatch.undo()
-    monitor.check_memory_pressure()
+    yield settings.replace(memory_warning_threshold=0.0001, memory_critical_threshold=0.9999)
+    apply_settings(settings)
+    memory.get_memory_monitor().check_memory_pressure()
 
 
 def test_profile_shows_stages_memory_cache_threads_and_pressure_events(classifier, low_pressure_thresholds):
-    prof = profile_pipeline(classifier, samples=4, batch_size=2, seed=0, progress=False)
+    # profile_pipeline is an edge: it applies the settings it is given to the process-wide monitor
+    prof = profile_pipeline(classifier, samples=4, batch_size=2, seed=0, progress=False, settings=low_pressure_thresholds)
     stages = prof.stages_frame()
     assert list(stages.index) == ["single_stream", "offline[bs=2]"]
     assert {"decode", "preprocess", "infer", "postprocess"} <= set(stages.columns)

@@ -167,3 +167,24 @@ def test_load_settings_checks_its_arguments(tmp_path):
         load_settings({}, dotenv=bad)
     assert info.value.code == "E_CONFIG" and str(bad) in str(info.value)
     assert load_settings({"AMULET_THREAD_POOL_SIZE": "2", 5: "ignored"}, dotenv=None).thread_pool_size == 2
+
+
+def test_the_edges_apply_settings_to_the_process_wide_instances(settings):
+    """AMULET_MEMORY_*, AMULET_THREAD_POOL_SIZE and AMULET_CHUNK_SIZE act through ``runtime.apply_settings``."""
+    from amulet_lab import memory
+    from amulet_lab.runtime import apply_settings
+    from amulet_lab.threads import get_thread_pool_manager
+
+    custom = settings.replace(memory_warning_threshold=0.5, memory_critical_threshold=0.6, memory_budget_mb=900.0,
+                              cache_shrink_fraction=0.25, thread_pool_size=3, chunk_size=4096, max_image_side=5000)
+    try:
+        apply_settings(custom)
+        monitor = memory.get_memory_monitor()
+        assert (monitor.warning_threshold, monitor.critical_threshold, monitor.budget_mb,
+                monitor.cache_shrink_fraction) == (0.5, 0.6, 900.0, 0.25)
+        assert get_thread_pool_manager().default_workers == 3
+        assert memory.streaming_handler.chunk_size == 4096 and memory.streaming_handler.limits.max_image_side == 5000
+        with pytest.raises(ValidationError):
+            apply_settings({"AMULET_THREAD_POOL_SIZE": "3"})  # type: ignore[arg-type]
+    finally:
+        apply_settings(settings)

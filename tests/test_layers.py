@@ -32,7 +32,7 @@ LAYERS: dict[str, int] = {
     # 3: data and the model
     "data": 3, "model": 3,
     # 4: benchmarks and the health report
-    "bench": 4, "health": 4,
+    "bench": 4, "health": 4, "runtime": 4,
     # 5: the edges
     "widgets": 5, "service": 5, "cli": 5, "magics": 5, "__main__": 5,
 }
@@ -274,6 +274,7 @@ PUBLIC_ALL: dict[str, list[str]] = {
         "register_heif", "safe_filename", "sniff_format", "validate_image"
     ],
     "amulet_lab.service": ["ServiceState", "create_app", "issue_token", "verify_token"],
+    "amulet_lab.runtime": ["apply_settings"],
     "amulet_lab.threads": [
         "AsyncSafeDict", "AtomicCounter", "KINDS", "LockManager", "ThreadPoolManager", "ThreadSafeDict",
         "ThreadSafeQueue", "async_named_lock", "get_lock_manager", "get_stats", "get_thread_pool_manager",
@@ -355,3 +356,24 @@ def test_plain_defaults_are_the_documented_defaults():
     pool = HttpPool()
     assert (pool.max_connections, pool.timeout) == (documented["connection_pool_size"], documented["http_timeout"])
     assert "0.5" in shrink_caches_responder([]).__qualname__ and documented["cache_shrink_fraction"] == 0.5
+
+
+def test_the_readme_states_the_layers_and_the_flow_the_code_has():
+    """The README's layer table is this test's LAYERS; its flow names the classifier's stages in their order."""
+    import re
+
+    readme = (ROOT.parent / "README.md").read_text(encoding="utf-8")
+    stated: dict[str, int] = {}
+    for number, names in re.findall(r"^layer (\d)  (.+)$", readme, flags=re.M):
+        stated.update(dict.fromkeys(names.split(), int(number)))
+    assert stated == LAYERS, "README's layer table and tests/test_layers.py LAYERS differ"
+    flow = readme[readme.index("**A photo's way**"):]
+    flow = flow[:flow.index("\n```\n", flow.index("```") + 3)]
+    steps = re.findall(r"^\s*(?:bytes or path )?-> (\w+)", flow, flags=re.M)
+    from amulet_lab.model.classifier import STAGES, AmuletClassifier
+
+    assert steps[0] == "content_key" and steps[1] == "PredictionCache"
+    # every stage the classifier times, in order (lookup = content_key + the cache), then the monitor
+    assert ["lookup", *steps[2:6]] == list(STAGES) and steps[-1] == "perf"
+    for method in ("content_key", "decode", "preprocess", "infer", "postprocess"):
+        assert callable(getattr(AmuletClassifier, method)), method

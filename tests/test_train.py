@@ -173,3 +173,22 @@ def test_cross_validate_scores_every_image_once(dataset):
     assert sum(f["n"] for f in result["folds"]) == len(splits.all)
     assert 0.0 <= result["accuracy"] <= 1.0 and result["accuracy"] > 1 / 6  # better than chance on the stand-in
     assert set(result["pooled"]) >= {"accuracy", "macro_f1", "top2_accuracy", "ece", "confusion_matrix"}
+
+
+def test_cli_predict_holds_a_memory_budget(tmp_path, monkeypatch, capsys):
+    """A batch under AMULET_MEMORY_BUDGET_MB runs in memory_limit_context; a budget already spent is a coded error."""
+    from amulet_lab.cli import main
+    from amulet_lab.data import SAMPLES_DIR
+    from amulet_lab.memory import rss_bytes
+
+    photos = [str(p) for p in sorted(SAMPLES_DIR.glob("*/*.jpg"))[:3]]
+    roomy = rss_bytes() / 2**20 + 2000
+    monkeypatch.setenv("AMULET_MEMORY_BUDGET_MB", f"{roomy:.0f}")
+    assert main(["predict", *photos, "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 3
+    from amulet_lab.config import _reset_settings_cache
+
+    _reset_settings_cache()  # the CLI reads the environment once per process
+    monkeypatch.setenv("AMULET_MEMORY_BUDGET_MB", "10")  # below what the process already holds
+    assert main(["predict", *photos]) == 1
+    assert "E_MEMORY_BUDGET" in capsys.readouterr().err

@@ -145,6 +145,9 @@ def profile_pipeline(
     from amulet_lab.perf import performance_monitor
 
     settings = settings or get_settings()
+    from amulet_lab.runtime import apply_settings
+
+    apply_settings(settings)
     start = timer()
     if classifier is None:
         from amulet_lab.model import AmuletClassifier

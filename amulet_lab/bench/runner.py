@@ -215,6 +215,9 @@ def run_benchmarks(
     from amulet_lab.config import get_settings
 
     settings = settings or get_settings()
+    from amulet_lab.runtime import apply_settings
+
+    apply_settings(settings)
     chosen = list(scenarios)
     unknown = [s for s in chosen if s not in SCENARIOS]
     if not chosen or unknown:

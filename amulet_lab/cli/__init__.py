@@ -54,6 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = get_settings()
         configure_logging(settings.log_format, settings.effective_log_level)
+        from amulet_lab.runtime import apply_settings
+
+        apply_settings(settings)
         return int(args.func(args, settings) or 0)
     except AmuletError as exc:
         print(f"error [{exc.code}]: {exc.message}", file=sys.stderr)

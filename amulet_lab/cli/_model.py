@@ -62,7 +62,8 @@ def _evaluate(args: argparse.Namespace, settings: Any) -> int:
         split = args.split
         if split == "auto":  # held-out data only when the folder is pre-split
             split = "val" if splits.val and not splits.test else "test" if splits.test else "all"
-        result = evaluate(ck.path, splits, split=split, limits=ImageLimits.from_settings(settings))
+        with within_budget(settings.memory_budget_mb):
+            result = evaluate(ck.path, splits, split=split, limits=ImageLimits.from_settings(settings))
         title = f"{args.checkpoint} on {args.data_dir} ({split}: {result['n']} images)"
     print(title)
     print(format_metrics(result))
@@ -124,7 +125,9 @@ def _predict(args: argparse.Namespace, settings: Any) -> int:
         results: list[dict[str, Any]] = [{"image": args.images[0], "back": args.back, **pair.to_dict()}]
         preds = [(f"{args.images[0]} + {args.back}", pair.combined, pair.agree)]
     else:
-        batch = clf.predict_batch(args.images, top_k=args.top_k) if len(args.images) > 1 else [clf.predict(args.images[0], top_k=args.top_k)]
+        with within_budget(settings.memory_budget_mb):
+            batch = (clf.predict_batch(args.images, top_k=args.top_k) if len(args.images) > 1
+                     else [clf.predict(args.images[0], top_k=args.top_k)])
         results = [{"image": img, **p.to_dict()} for img, p in zip(args.images, batch)]
         preds = [(img, p, None) for img, p in zip(args.images, batch)]
     if args.json:
@@ -137,6 +140,22 @@ def _predict(args: argparse.Namespace, settings: Any) -> int:
         for key, thai, prob in p.top_k[1:]:
             print(f"    {key} {thai} {prob:.3f}")
     return 0
+
+
+def within_budget(budget_mb: float | None) -> Any:
+    """A ``memory_limit_context`` holding this process under AMULET_MEMORY_BUDGET_MB for a batch (none: no limit)."""
+    import contextlib
+
+    from amulet_lab.errors import MemoryBudgetExceeded
+    from amulet_lab.memory import memory_limit_context, rss_bytes
+
+    if budget_mb is None:
+        return contextlib.nullcontext()
+    rss_mb = rss_bytes() / 2**20
+    if rss_mb >= budget_mb:
+        raise MemoryBudgetExceeded(f"this process already holds {rss_mb:.0f} MB, over AMULET_MEMORY_BUDGET_MB="
+                                   f"{budget_mb:g}; raise the budget", peak_mb=rss_mb, budget_mb=budget_mb)
+    return memory_limit_context(budget_mb - rss_mb)
 
 
 def _threads(settings: Any) -> None:

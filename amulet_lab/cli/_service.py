@@ -116,6 +116,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
     p.add_argument("--image", default=None, help="image to send (default: one of the committed samples)")
     p.add_argument("--token", default=None, help="bearer token for --url (default: issued per client from the key)")
-    p.add_argument("--cold", action="store_true", help="started service only: a one-entry image cache (every request misses)")
+    p.add_argument("--cold", action="store_true", help="started service only: no prediction cache (AMULET_CACHE_MAX_SIZE=0: every request is inferred)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=_load)

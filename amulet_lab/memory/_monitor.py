@@ -213,20 +213,8 @@ class MemoryMonitor:
         history: int = 200,
         timer: Callable[[], float] = time.time,
     ) -> None:
-        for name, value in (("warning_threshold", warning_threshold), ("critical_threshold", critical_threshold),
-                            ("cache_shrink_fraction", cache_shrink_fraction)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-                raise ValidationError(f"{name} must be a number within 0..1", field=name, value=value)
-        if warning_threshold >= critical_threshold:
-            raise ValidationError("warning_threshold must be below critical_threshold", field="warning_threshold",
-                                  value=warning_threshold)
-        if budget_mb is not None and (isinstance(budget_mb, bool) or not isinstance(budget_mb, (int, float))
-                                      or not budget_mb > 0):
-            raise ValidationError("budget_mb must be a number of MB > 0, or None", field="budget_mb", value=budget_mb)
-        self.warning_threshold = float(warning_threshold)
-        self.critical_threshold = float(critical_threshold)
-        self.budget_mb = budget_mb
-        self.cache_shrink_fraction = float(cache_shrink_fraction)
+        self.configure(warning_threshold=warning_threshold, critical_threshold=critical_threshold,
+                       budget_mb=budget_mb, cache_shrink_fraction=cache_shrink_fraction)
         self._process = process
         self._virtual_memory = virtual_memory
         self._timer = timer
@@ -244,13 +232,35 @@ class MemoryMonitor:
         if builtin_responders:
             self._responders.append(gc_responder)
 
+    def configure(self, *, warning_threshold: float, critical_threshold: float, budget_mb: float | None,
+                  cache_shrink_fraction: float) -> None:
+        """Set the thresholds, the budget and the shrink fraction (checked first; responders are kept)."""
+        for name, value in (("warning_threshold", warning_threshold), ("critical_threshold", critical_threshold),
+                            ("cache_shrink_fraction", cache_shrink_fraction)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ValidationError(f"{name} must be a number within 0..1", field=name, value=value)
+        if warning_threshold >= critical_threshold:
+            raise ValidationError("warning_threshold must be below critical_threshold", field="warning_threshold",
+                                  value=warning_threshold)
+        if budget_mb is not None and (isinstance(budget_mb, bool) or not isinstance(budget_mb, (int, float))
+                                      or not budget_mb > 0):
+            raise ValidationError("budget_mb must be a number of MB > 0, or None", field="budget_mb", value=budget_mb)
+        self.warning_threshold = float(warning_threshold)
+        self.critical_threshold = float(critical_threshold)
+        self.budget_mb = budget_mb
+        self.cache_shrink_fraction = float(cache_shrink_fraction)
+
+    @staticmethod
+    def settings_values(settings: Settings) -> dict[str, Any]:
+        """The ``configure`` arguments that ``settings`` hold (AMULET_MEMORY_*, AMULET_CACHE_SHRINK_FRACTION)."""
+        return dict(warning_threshold=settings.memory_warning_threshold,
+                    critical_threshold=settings.memory_critical_threshold, budget_mb=settings.memory_budget_mb,
+                    cache_shrink_fraction=settings.cache_shrink_fraction)
+
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> MemoryMonitor:
         """A monitor with the AMULET_MEMORY_* thresholds, budget and AMULET_CACHE_SHRINK_FRACTION of ``settings``."""
-        values = dict(warning_threshold=settings.memory_warning_threshold,
-                      critical_threshold=settings.memory_critical_threshold, budget_mb=settings.memory_budget_mb,
-                      cache_shrink_fraction=settings.cache_shrink_fraction)
-        return cls(**{**values, **kwargs})
+        return cls(**{**cls.settings_values(settings), **kwargs})
 
     # -- readings -------------------------------------------------------------------------------------
     def get_current_usage(self) -> MemoryUsage:

@@ -181,6 +181,9 @@ def create_app(
 ) -> FastAPI:
     """The service app; refuses to build without a proper secret key unless ``settings.debug``."""
     settings = settings or get_settings()
+    from amulet_lab.runtime import apply_settings
+
+    apply_settings(settings)
     settings.require_secret_key()
     state = ServiceState(settings, classifier, timer=timer, memory_monitor=memory_monitor)
 

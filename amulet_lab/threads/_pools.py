@@ -31,13 +31,17 @@ class ThreadPoolManager:
     """Named ``ThreadPoolExecutor`` pools created on first use, each with ``default_workers`` workers by default."""
 
     def __init__(self, default_workers: int = DEFAULT_WORKERS) -> None:
-        if isinstance(default_workers, bool) or not isinstance(default_workers, int) or default_workers < 1:
-            raise ValidationError("default_workers must be an int >= 1", field="default_workers",
-                                  value=default_workers, code="E_POOL_SIZE")
-        self.default_workers = default_workers
+        self.set_default_workers(default_workers)
         self._lock = threading.Lock()
         self._pools: dict[str, _PoolEntry] = {}
         self._closed = False
+
+    def set_default_workers(self, workers: int) -> None:
+        """Workers of the pools created from now on (pools that exist keep theirs)."""
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValidationError("default_workers must be an int >= 1", field="default_workers",
+                                  value=workers, code="E_POOL_SIZE")
+        self.default_workers = workers
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ThreadPoolManager:
@@ -136,16 +140,15 @@ _manager: ThreadPoolManager | None = None
 _manager_lock = threading.Lock()
 
 
-def get_thread_pool_manager(settings: Settings | None = None) -> ThreadPoolManager:
-    """The process-wide pool manager, created on first use or after a shutdown with the default pool size.
+def get_thread_pool_manager() -> ThreadPoolManager:
+    """The process-wide pool manager, created on first use (or after a shutdown) with the default pool size.
 
-    ``settings`` (kept for ``model/classifier.py`` until it stops passing them) sizes the pools when the
-    manager is created by this call, as ``ThreadPoolManager.from_settings`` does; it is ignored otherwise.
+    The edges size it from AMULET_THREAD_POOL_SIZE through ``runtime.apply_settings``.
     """
     global _manager
     with _manager_lock:
         if _manager is None or _manager._closed:
-            _manager = ThreadPoolManager() if settings is None else ThreadPoolManager.from_settings(settings)
+            _manager = ThreadPoolManager()
         return _manager
 
 
