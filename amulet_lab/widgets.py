@@ -35,8 +35,9 @@ __all__ = ["ClassifierApp", "GalleryItem", "BAND_WORDS", "band_words", "upload_b
 log = logging.getLogger("amulet_lab.widgets")
 
 #: The confidence band in plain words, as the user reads it.
-BAND_WORDS = {"reliable": "Reliable", "verify": "Check with an expert", "retake": "Retake the photo"}
-_BAND_COLOURS = {"reliable": "#2e7d32", "verify": "#ef6c00", "retake": "#c62828"}
+BAND_WORDS = {"reliable": "Reliable", "verify": "Check with an expert", "retake": "Retake the photo",
+              "unknown": "Not one of the six known types"}
+_BAND_COLOURS = {"reliable": "#2e7d32", "verify": "#ef6c00", "retake": "#c62828", "unknown": "#616161"}
 _PREVIEW_PX = 220
 _CHART_PX = 720
 #: Long file names and paths wrap instead of widening their box (no horizontal scrollbars).
@@ -44,8 +45,13 @@ _WRAP = "overflow-wrap:anywhere;word-break:break-word"
 _SIDES = ("front", "back")
 
 
+def _uncertainty(pred: Any) -> float:
+    """How much an answer needs a second look: 1 for an unknown one, else 1 - confidence."""
+    return 1.0 if pred.is_unknown else 1.0 - float(pred.confidence)
+
+
 def band_words(band: str) -> str:
-    """``reliable`` / ``verify`` / ``retake`` in plain words."""
+    """``reliable`` / ``verify`` / ``retake`` (or ``unknown``: no band) in plain words."""
     if band not in BAND_WORDS:
         raise ValidationError(f"unknown confidence band {band!r}", field="band", value=band)
     return BAND_WORDS[band]
@@ -439,17 +445,22 @@ class ClassifierApp:
             "cache_hit": cache_hit,
         }
         colour = _BAND_COLOURS[band]
-        unknown = "<p><b>Not one of the six known types.</b></p>" if main.is_unknown else ""
         rows = "".join(
             f"<tr><td style='text-align:left'>{html.escape(en)}</td>"
             f"<td style='text-align:left'>{thai_html(row[1])}</td>"
             f"<td style='text-align:right'>{float(row[-1]):.0%}</td></tr>"
             for en, row in zip(english, top))
+        if main.is_unknown:  # a headline of its own, with no band and no class name above it
+            headline = (f"<h3 style='margin:0;color:{colour}'>{html.escape(band_words(band))}</h3>"
+                        f"<p style='color:#616161'>The photo does not look like any of the six types this model "
+                        f"knows; the closest, {html.escape(main.english_name)}, is only a hint.</p>")
+        else:
+            headline = (f"<h3 style='margin:0'>{html.escape(main.english_name)}</h3>"
+                        f"{thai_html(main.thai_name, tag='div', style='font-size:1.3em')}"
+                        f"<p><span style='background:{colour};color:white;padding:2px 8px;border-radius:8px'>"
+                        f"{html.escape(band_words(band))}</span> confidence {main.confidence:.0%}</p>")
         self.result_html.value = (
-            f"<h3 style='margin:0'>{html.escape(main.english_name)}</h3>"
-            f"{thai_html(main.thai_name, tag='div', style='font-size:1.3em')}{unknown}"
-            f"<p><span style='background:{colour};color:white;padding:2px 8px;border-radius:8px'>"
-            f"{html.escape(band_words(band))}</span> confidence {main.confidence:.0%}</p>"
+            headline +
             f"<p>{html.escape(agree_text)}</p>"
             f"<table><thead><tr><th style='text-align:left'>class</th><th style='text-align:left'>Thai name</th>"
             f"<th>probability</th></tr></thead><tbody>{rows}</tbody></table>"
@@ -495,7 +506,8 @@ class ClassifierApp:
         stages = [k for k in ("lookup", "decode", "preprocess", "infer", "postprocess") if k in st["timings"]["front"]]
         return "\n".join([
             f"photos: {st['front']}" + (f" + {st['back']}" if st["back"] else ""),
-            f"prediction: {st['english']} ({st['thai']}), key {st['label']}",
+            (f"prediction: not one of the six known types (closest: {st['english']}, key {st['label']})"
+             if st["is_unknown"] else f"prediction: {st['english']} ({st['thai']}), key {st['label']}"),
             f"band: {st['band_text']}",
             f"sides: {st['agree_text']}",
             f"top-k shown: {len(st['top_k'])}",
@@ -563,6 +575,9 @@ class ClassifierApp:
         except (AmuletError, OSError):
             thumb = _placeholder("no preview", width=self.thumbnail_px, height=self.thumbnail_px)
         pred = it.prediction
+        if pred.is_unknown:  # no name above it and no band: the card says what it is
+            return (f"<div {box}>{thumb}<div style='color:#616161;{_WRAP}'><b>{html.escape(band_words('unknown'))}"
+                    f"</b></div>{name}</div>")
         return (f"<div {box}>{thumb}<div style='{_WRAP}'><b>{html.escape(pred.english_name)}</b></div>"
                 f"{thai_html(pred.thai_name, tag='div', style=_WRAP)}"
                 f"<div>{pred.confidence:.0%} · {html.escape(band_words(pred.confidence_band))}</div>{name}</div>")
@@ -571,7 +586,7 @@ class ClassifierApp:
         """One batch through the model; when it fails, photo by photo so only the bad ones are marked."""
         try:
             preds = self.classifier.predict_batch(paths, batch_size=len(paths))
-            return [GalleryItem(p, pred, 1.0 - float(pred.confidence)) for p, pred in zip(paths, preds)]
+            return [GalleryItem(p, pred, _uncertainty(pred)) for p, pred in zip(paths, preds)]
         except AmuletError:
             log.info("gallery batch failed; classifying its %d photos one by one", len(paths))
         items = []
@@ -581,7 +596,7 @@ class ClassifierApp:
             except AmuletError as exc:
                 items.append(GalleryItem(p, None, 1.0, error=exc.code))
                 continue
-            items.append(GalleryItem(p, pred, 1.0 - float(pred.confidence)))
+            items.append(GalleryItem(p, pred, _uncertainty(pred)))
         return items
 
     def describe_gallery(self) -> str:

@@ -51,7 +51,8 @@ def test_predict_on_every_input_type_agrees(clf, trained):
     assert preds["pil"].probabilities == pytest.approx(preds["array"].probabilities, abs=1e-6)
     assert len(ref.top_k) == 3 and ref.top_k[0][0] == ref.label and ref.top_k[0][2] == ref.confidence
     assert abs(sum(ref.probabilities.values()) - 1) < 1e-5
-    assert ref.confidence_band in {"reliable", "verify", "retake"}
+    assert ref.confidence_band in {"reliable", "verify", "retake", "unknown"}
+    assert (ref.confidence_band == "unknown") == ref.is_unknown  # an unknown answer has no band
     d = ref.to_dict()
     assert d["top_k"][0]["key"] == ref.label and set(d["timings"]) == STAGES
     assert "<table>" in ref._repr_html_() and ref.thai_name in ref._repr_html_()
@@ -255,8 +256,11 @@ def test_bad_inputs_raise_coded_errors(clf, tmp_path):
 def test_bands_follow_settings(trained, settings):
     assert confidence_band(0.95) == "reliable" and confidence_band(0.8) == "verify" and confidence_band(0.5) == "retake"
     assert confidence_band(0.5, reliable=0.6, verify=0.4) == "verify"
+    from amulet_lab.model import UnknownRule, load_checkpoint
+
     loose = settings.replace(band_reliable=0.15, band_verify=0.1)
     clf = AmuletClassifier.from_settings(loose, trained[0], cache=False, monitor=PerformanceMonitor())
+    clf.unknown_rule = UnknownRule(min_confidence=0.0, max_entropy=1.0)  # nothing unknown: the bands are under test
     assert clf.predict(trained[1][0]).confidence_band == "reliable"  # any max prob of 6 classes is >= 1/6
     assert AmuletClassifier.from_settings(settings, trained[0]).cache is not None
     off = AmuletClassifier.from_settings(settings.replace(cache_max_size=0), trained[0])  # 0: no prediction cache
@@ -337,3 +341,44 @@ def test_a_changed_file_is_not_served_stale_from_the_cache(clf, trained, tmp_pat
     assert not changed.cache_hit
     assert changed.probabilities == clf.predict(trained[1][-1].read_bytes()).probabilities
     assert first.probabilities != changed.probabilities
+
+
+def test_an_unknown_answer_carries_no_band_in_any_form(bundled, capsys):
+    """repr, HTML, to_dict/JSON, the CLI's text, the service's JSON and the widget all say 'not one of the six
+    known types' and show no confidence band for an unknown answer (a generated coin among the samples)."""
+    import json
+
+    from fastapi.testclient import TestClient
+
+    from amulet_lab.cli import main
+    from amulet_lab.data import SAMPLES_DIR
+    from amulet_lab.service import create_app
+    from amulet_lab.widgets import ClassifierApp
+
+    coin = SAMPLES_DIR / "_unknown" / "coin_0001.jpg"
+    pred = bundled.predict(coin)
+    assert pred.is_unknown and pred.confidence_band == "unknown"
+    bands = ("reliable", "verify", "retake", "Reliable", "Check with an expert", "Retake the photo")
+    assert "not one of the six known types" in repr(pred) and not any(b in repr(pred) for b in bands)
+    page = pred._repr_html_()
+    assert "Not one of the six known types" in page and not any(b in page for b in bands)
+    assert pred.to_dict()["confidence_band"] == "unknown" and json.loads(json.dumps(pred.to_dict()))["is_unknown"]
+    assert main(["predict", str(coin)]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert "not one of the six known types" in line and not any(f"[{b}]" in line for b in bands[:3])
+    from amulet_lab.config import load_settings
+
+    service = TestClient(create_app(load_settings({}, dotenv=None).replace(debug=True), bundled))
+    body = service.post("/predict", files={"front": ("coin.jpg", coin.read_bytes(), "image/jpeg")}).json()
+    assert body["combined"]["is_unknown"] and body["combined"]["confidence_band"] == "unknown"
+    app = ClassifierApp(bundled)
+    app.classify_paths(coin)
+    assert app.state["band"] == "unknown" and app.state["band_text"] == "Not one of the six known types"
+    headline = app.result_html.value
+    assert "Not one of the six known types" in headline and not any(b in headline for b in bands)
+    assert f"<h3 style='margin:0'>{pred.english_name}</h3>" not in headline  # no class name as the headline
+    items = app.gallery(SAMPLES_DIR / "_unknown", progress=False)
+    assert items and all(it.prediction.is_unknown for it in items)
+    assert items[0].uncertainty == 1.0  # unknown answers lead the "most uncertain first" gallery
+    cards = app.gallery_html.value
+    assert cards.count("Not one of the six known types") == len(items) and "Reliable" not in cards

@@ -55,7 +55,8 @@ def check_prediction(pred: dict, top_k: int) -> None:
     probabilities = [entry[2] if isinstance(entry, list) else entry["probability"] for entry in pred["top_k"]]
     assert probabilities == sorted(probabilities, reverse=True)
     assert 0 < sum(probabilities) <= 1.0 + 1e-6
-    assert pred["confidence_band"] in {"reliable", "verify", "retake"}
+    assert pred["confidence_band"] in {"reliable", "verify", "retake", "unknown"}
+    assert (pred["confidence_band"] == "unknown") == pred["is_unknown"]  # an unknown answer has no band
     assert isinstance(pred["is_unknown"], bool)
     assert {"decode", "preprocess", "infer", "total"} <= set(pred["timings"])
 

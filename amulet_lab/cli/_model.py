@@ -133,10 +133,14 @@ def _predict(args: argparse.Namespace, settings: Any) -> int:
     if args.json:
         print(json.dumps(results, ensure_ascii=False, indent=1))
         return 0
+    from amulet_lab.model.prediction import UNKNOWN_TEXT
+
     for name, p, agree in preds:
-        flag = " UNKNOWN" if p.is_unknown else ""
         sides = "" if agree is None else (" (sides agree)" if agree else " (sides DISAGREE)")
-        print(f"{name}: {p.label} {p.thai_name} {p.confidence:.3f} [{p.confidence_band}]{flag}{sides}")
+        if p.is_unknown:  # no band: the closest class is only a hint
+            print(f"{name}: {UNKNOWN_TEXT} (closest: {p.label} {p.thai_name}){sides}")
+        else:
+            print(f"{name}: {p.label} {p.thai_name} {p.confidence:.3f} [{p.confidence_band}]{sides}")
         for key, thai, prob in p.top_k[1:]:
             print(f"    {key} {thai} {prob:.3f}")
     return 0

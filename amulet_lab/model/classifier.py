@@ -40,7 +40,7 @@ from amulet_lab.errors import ModelError, ValidationError, error_context
 from amulet_lab.images import decode as decode_image
 from amulet_lab.model.answers import Answer, PredictionCache
 from amulet_lab.model.checkpoint import Checkpoint, load_checkpoint
-from amulet_lab.model.prediction import PairPrediction, Prediction, combine_sides, confidence_band
+from amulet_lab.model.prediction import UNKNOWN_BAND, PairPrediction, Prediction, combine_sides, confidence_band
 from amulet_lab.security import ImageLimits, ValidatedImage, content_hash, validate_image
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -230,7 +230,8 @@ class AmuletClassifier:
         return Prediction(
             top_k=[(self.labels[i].key, self.labels[i].thai, float(probs[i])) for i in order],
             label=best.key, thai_name=best.thai, english_name=best.english, confidence=conf,
-            confidence_band=confidence_band(conf, *self.bands), is_unknown=answer.unknown,
+            confidence_band=UNKNOWN_BAND if answer.unknown else confidence_band(conf, *self.bands),
+            is_unknown=answer.unknown,
             entropy=min(1.0, max(0.0, entropy)), timings=timings if timings is not None else {}, cache=cache,
             probabilities={lab.key: float(p) for lab, p in zip(self.labels, probs)},
             distance=answer.distance, source=answer.facts(),

@@ -55,13 +55,14 @@ def _lbp_codes(gray: torch.Tensor, radius: int) -> torch.Tensor:
     """Rotation-invariant uniform LBP codes 0..9 (N, H-2r, W-2r) of a grey batch (N, H, W)."""
     _, h, w = gray.shape
     r = radius
-    center = gray[:, r:h - r, r:w - r]
-    offsets = [(-r, -r), (-r, 0), (-r, r), (0, r), (r, r), (r, 0), (r, -r), (0, -r)]
     # The small margin keeps flat regions (JPEG-smoothed backgrounds) from flickering between codes.
-    bits = torch.stack([(gray[:, r + dy:h - r + dy, r + dx:w - r + dx] >= center + 1e-3).float() for dy, dx in offsets], 1)
+    center = gray[:, r:h - r, r:w - r] + 1e-3
+    offsets = [(-r, -r), (-r, 0), (-r, r), (0, r), (r, r), (r, 0), (r, -r), (0, -r)]
+    # Booleans, not floats: the same integer codes at about half the cost (measured, 1 thread).
+    bits = torch.stack([gray[:, r + dy:h - r + dy, r + dx:w - r + dx] >= center for dy, dx in offsets], 1)
     ones = bits.sum(1)
-    transitions = (bits - bits.roll(1, dims=1)).abs().sum(1)
-    return torch.where(transitions <= 2, ones, torch.full_like(ones, 9.0)).long()
+    transitions = (bits != bits.roll(1, dims=1)).sum(1)
+    return torch.where(transitions <= 2, ones, torch.full_like(ones, 9))
 
 
 def _lbp_hist(gray: torch.Tensor, mask: torch.Tensor, radius: int) -> torch.Tensor:

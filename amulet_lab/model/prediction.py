@@ -13,10 +13,15 @@ from typing import Any
 
 import torch
 
-__all__ = ["Prediction", "PairPrediction", "confidence_band", "combine_sides", "CACHE_ORIGINS"]
+__all__ = ["Prediction", "PairPrediction", "confidence_band", "combine_sides", "CACHE_ORIGINS", "UNKNOWN_BAND",
+           "UNKNOWN_TEXT"]
 
 #: Where an answer came from.
 CACHE_ORIGINS = ("miss", "local")
+#: The band of an unknown answer: it carries no confidence band, only this.
+UNKNOWN_BAND = "unknown"
+#: What an unknown answer says, everywhere it is shown.
+UNKNOWN_TEXT = "not one of the six known types"
 
 
 def combine_sides(probs: torch.Tensor) -> torch.Tensor:
@@ -32,7 +37,11 @@ def confidence_band(confidence: float, reliable: float = 0.90, verify: float = 0
 
 @dataclasses.dataclass
 class Prediction:
-    """The result for one image: top-k classes, confidence, band, unknown flag, stage timings (ms), cache origin."""
+    """The result for one image: top-k classes, confidence, band, unknown flag, stage timings (ms), cache origin.
+
+    An unknown answer (``is_unknown``) has no confidence band: ``confidence_band`` is ``"unknown"`` and every
+    view of it says "not one of the six known types" (``label`` is then only the closest class).
+    """
 
     top_k: list[tuple[str, str, float]]
     label: str
@@ -61,26 +70,29 @@ class Prediction:
         return out
 
     def __repr__(self) -> str:
-        flag = ", unknown" if self.is_unknown else ""
-        return (f"Prediction({self.label!r}, {self.confidence:.3f}, {self.confidence_band}{flag}, "
-                f"{self.timings.get('total', 0):.1f} ms, cache={self.cache})")
+        what = (f"{UNKNOWN_TEXT}, closest {self.label!r}" if self.is_unknown
+                else f"{self.label!r}, {self.confidence:.3f}, {self.confidence_band}")
+        return f"Prediction({what}, {self.timings.get('total', 0):.1f} ms, cache={self.cache})"
 
     def _repr_html_(self) -> str:
-        colour = {"reliable": "#2e7d32", "verify": "#f9a825", "retake": "#c62828"}[self.confidence_band]
         rows = "".join(
             f"<tr><td>{html.escape(k)}</td><td>{html.escape(t)}</td>"
             f"<td><div style='background:#90caf9;width:{max(1, round(p * 120))}px;height:10px'></div></td>"
             f"<td style='text-align:right'>{p:.1%}</td></tr>"
             for k, t, p in self.top_k
         )
-        unknown = "<div style='color:#c62828'><b>unknown</b>: probably not one of the six amulets</div>" if self.is_unknown else ""
         timing = ", ".join(f"{k} {v:.1f}" for k, v in self.timings.items())
         origin = {"miss": "", "local": " (from the prediction cache)"}.get(self.cache, f" ({html.escape(self.cache)})")
+        if self.is_unknown:  # a headline of its own, with no band
+            head = (f"<div style='font-size:1.2em;color:#616161'><b>{UNKNOWN_TEXT.capitalize()}</b></div>"
+                    f"<div style='color:#777'>closest: {html.escape(self.english_name)}</div>")
+        else:
+            colour = {"reliable": "#2e7d32", "verify": "#f9a825", "retake": "#c62828"}[self.confidence_band]
+            head = (f"<div style='font-size:1.2em'><b>{html.escape(self.thai_name)}</b> ({html.escape(self.label)})</div>"
+                    f"<div>confidence {self.confidence:.1%} <span style='background:{colour};color:white;padding:1px 6px;"
+                    f"border-radius:4px'>{self.confidence_band}</span></div>")
         return (
-            f"<div style='border:1px solid #ccc;border-radius:6px;padding:8px;display:inline-block'>"
-            f"<div style='font-size:1.2em'><b>{html.escape(self.thai_name)}</b> ({html.escape(self.label)})</div>"
-            f"<div>confidence {self.confidence:.1%} <span style='background:{colour};color:white;padding:1px 6px;"
-            f"border-radius:4px'>{self.confidence_band}</span></div>{unknown}"
+            f"<div style='border:1px solid #ccc;border-radius:6px;padding:8px;display:inline-block'>{head}"
             f"<table>{rows}</table><div style='color:#777;font-size:0.8em'>ms: {timing}{origin}</div></div>"
         )
 
