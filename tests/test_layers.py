@@ -27,8 +27,9 @@ LAYERS: dict[str, int] = {
     # 1: generic building blocks (they know no model), the one decoder of untrusted input among them: memory's
     # streaming of large images decodes through security.validate_image, so security sits here, not above.
     "cache": 1, "perf": 1, "memory": 1, "threads": 1, "security": 1, "pixels": 1,
-    # 2: images to model input
-    "images": 2,
+    "masks": 1,  # numpy masks and connected components (no scipy here), for the scene finder and composites
+    # 2: images to model input, and finding the pieces in a photo (it knows no model)
+    "images": 2, "scene": 2,
     # 3: data and the model
     "data": 3, "model": 3,
     # 4: benchmarks and the health report
@@ -223,14 +224,16 @@ PUBLIC_ALL: dict[str, list[str]] = {
     "amulet_lab.bench.scenarios": [
         "Pipeline", "STAGES", "ScenarioResult", "aserver", "aserver_search", "cache_scenario", "distinct_images",
         "image_paths", "load_images", "memory_scenario", "offline", "percentile", "resize_images", "server",
-        "server_search", "single_stream",
+        "server_search", "single_stream"
     ],
     "amulet_lab.cache": ["ImageCache", "SWEEP_LIMIT", "TTLCache", "get_image_cache", "peek_image_cache", "sizeof"],
     "amulet_lab.cli": ["build_parser", "main"],
     "amulet_lab.config": ["PROJECT_ROOT", "Settings", "VARIABLES", "Variable", "get_settings", "load_settings"],
     "amulet_lab.data": [
-        "DEFAULT_LABELS_PATH", "DatasetSplits", "Label", "SAMPLES_DIR", "Sample", "fingerprint", "load_dataset",
-        "load_labels", "stratified_kfold", "synthesize", "synthesize_unknowns"
+        "Composite", "CompositePiece", "DEFAULT_LABELS_PATH", "DatasetSplits", "Label", "SAMPLES_DIR", "Sample",
+        "SourcePiece", "content_fingerprint", "fingerprint", "folder_sources", "load_dataset", "load_labels",
+        "make_composite", "read_manifest", "stratified_kfold", "synthesize", "synthesize_unknowns",
+        "synthetic_sources", "write_composites"
     ],
     "amulet_lab.display": ["format_value", "html_table"],
     "amulet_lab.errors": [
@@ -244,7 +247,7 @@ PUBLIC_ALL: dict[str, list[str]] = {
     ],
     "amulet_lab.fonts": [
         "KNOWN_THAI_FONTS", "THAI_CSS_FONT_STACK", "figure_text", "font_family_with_thai", "has_thai",
-        "thai_font_note", "thai_fonts", "thai_html",
+        "thai_font_note", "thai_fonts", "thai_html"
     ],
     "amulet_lab.health": [
         "ERROR_RATE_DEGRADED", "HEALTH_SCHEMA", "PUBLIC_MODEL_KEYS", "api_metrics", "build_health_report",
@@ -255,6 +258,10 @@ PUBLIC_ALL: dict[str, list[str]] = {
     ],
     "amulet_lab.logs": ["JsonFormatter", "configure_logging"],
     "amulet_lab.magics": ["ProfileReport", "ProfiledCellError", "amulet_profile", "register"],
+    "amulet_lab.masks": [
+        "bounding_box", "box_sum", "convex_hull", "dilate", "erode", "fill_holes", "label_components",
+        "largest_component", "plain_background_mask", "polygon_area", "polygon_pixels", "row_ends"
+    ],
     "amulet_lab.memory": [
         "GCManager", "LEVELS", "MemoryMonitor", "MemoryUsage", "RssSampler", "StreamingHandler",
         "check_memory_pressure", "gc_manager", "gc_responder", "get_current_usage", "get_memory_monitor",
@@ -265,23 +272,24 @@ PUBLIC_ALL: dict[str, list[str]] = {
         "ARCHITECTURES", "AmuletClassifier", "AmuletNet", "Answer", "Checkpoint", "PairPrediction", "Prediction",
         "PredictionCache", "TrainConfig", "UnknownRule", "build_model", "confidence_band", "cross_validate",
         "default_checkpoint_path", "evaluate", "fit", "format_metrics", "load_checkpoint", "make_checkpoint",
-        "metrics", "save_checkpoint", "train",
+        "metrics", "save_checkpoint", "train"
     ],
     "amulet_lab.perf": ["HttpPool", "PerformanceMonitor", "performance_monitor", "timed_operation"],
     "amulet_lab.pixels": ["DECODE_ERRORS", "check_dimensions", "to_rgb"],
+    "amulet_lab.runtime": ["apply_settings"],
+    "amulet_lab.scene": ["FoundPiece", "ReducedFind", "WORK_SIDE", "crop_piece", "find_on_reduced", "find_pieces"],
     "amulet_lab.security": [
         "ALLOWED_FORMATS", "ImageInput", "ImageLimits", "ValidatedImage", "content_hash", "generated_name",
         "register_heif", "safe_filename", "sniff_format", "validate_image"
     ],
     "amulet_lab.service": ["ServiceState", "create_app", "issue_token", "verify_token"],
-    "amulet_lab.runtime": ["apply_settings"],
     "amulet_lab.threads": [
         "AsyncSafeDict", "AtomicCounter", "KINDS", "LockManager", "ThreadPoolManager", "ThreadSafeDict",
-        "ThreadSafeQueue", "async_named_lock", "get_lock_manager", "get_stats", "get_thread_pool_manager",
-        "named_lock", "thread_safe_operation"
+        "ThreadSafeQueue", "WeightedSemaphore", "async_named_lock", "get_lock_manager", "get_stats",
+        "get_thread_pool_manager", "named_lock", "thread_safe_operation"
     ],
     "amulet_lab.widgets": [
-        "BAND_WORDS", "ClassifierApp", "GalleryItem", "band_words", "english_name", "sample_pair", "upload_bytes",
+        "BAND_WORDS", "ClassifierApp", "GalleryItem", "band_words", "english_name", "sample_pair", "upload_bytes"
     ],
 }
 

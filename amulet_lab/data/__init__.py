@@ -6,7 +6,17 @@
 from __future__ import annotations
 
 from amulet_lab.config import PROJECT_ROOT
-from amulet_lab.data.dataset import DatasetSplits, Sample, fingerprint, load_dataset, stratified_kfold
+from amulet_lab.data.composites import (
+    Composite,
+    CompositePiece,
+    SourcePiece,
+    folder_sources,
+    make_composite,
+    read_manifest,
+    synthetic_sources,
+    write_composites,
+)
+from amulet_lab.data.dataset import DatasetSplits, Sample, content_fingerprint, fingerprint, load_dataset, stratified_kfold
 from amulet_lab.data.labels import DEFAULT_LABELS_PATH, Label, load_labels
 from amulet_lab.data.synth import synthesize, synthesize_unknowns
 
@@ -18,11 +28,21 @@ __all__ = [
     "load_dataset",
     "stratified_kfold",
     "fingerprint",
+    "content_fingerprint",
     "synthesize",
     "synthesize_unknowns",
+    "SourcePiece",
+    "CompositePiece",
+    "Composite",
+    "synthetic_sources",
+    "folder_sources",
+    "make_composite",
+    "write_composites",
+    "read_manifest",
     "SAMPLES_DIR",
     "DEFAULT_LABELS_PATH",
 ]
 
 #: The small committed sample of synthetic photos (class folders, ``groups.json``, ``_unknown/``).
 SAMPLES_DIR = PROJECT_ROOT / "data" / "samples"
+
