@@ -39,7 +39,7 @@ def api_metrics(perf_stats: Mapping[str, Mapping[str, Any]], *, uptime_s: float,
 
 #: The model-status keys anyone may see on an unauthenticated ``/health``. ``loading`` and ``error`` (a code
 #: only, never a message) are there so an operator sees why a replica is not ready.
-PUBLIC_MODEL_KEYS = ("loaded", "loading", "error", "arch", "num_classes", "labels", "version", "loaded_at")
+PUBLIC_MODEL_KEYS = ("loaded", "loading", "error", "arch", "num_classes", "labels", "version", "loaded_at", "headline")
 
 
 def public_model_status(status: Mapping[str, Any]) -> dict[str, Any]:
@@ -100,8 +100,12 @@ def build_health_report(
     memory_monitor: Any = None,
     cache_stats: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
     thread_stats: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
+    service_stats: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The report served at ``GET /health`` (see ``HEALTH_SCHEMA``)."""
+    """The report served at ``GET /health`` (see ``HEALTH_SCHEMA``).
+
+    ``service_stats``: the service's own parts (``budgets`` in use, ``batching``), added as top-level keys.
+    """
     model = dict(model_status) if model_status is not None else {"loaded": False, "error": "no model given"}
     metrics = api_metrics(perf_stats or {}, uptime_s=uptime_s)
     monitor = memory_monitor if memory_monitor is not None else _default_memory_monitor()
@@ -125,6 +129,7 @@ def build_health_report(
             **{k: v for k, v in cache.items() if k not in ("hit_rate", "size", "total_size_bytes")},
         },
         "thread_stats": threads,
+        **{k: dict(v) for k, v in (service_stats or {}).items()},
     }
 
 
@@ -171,5 +176,19 @@ HEALTH_SCHEMA: dict[str, Any] = {
             },
         },
         "thread_stats": {"type": "object"},
+        "budgets": {
+            "type": "object",
+            "properties": {name: {"type": "object", "required": ["capacity", "in_use", "waiting"],
+                                  "properties": {"capacity": {"type": "integer", "minimum": 1},
+                                                 "in_use": {"type": "integer", "minimum": 0},
+                                                 "waiting": {"type": "integer", "minimum": 0}}}
+                           for name in ("upload_bytes", "pixel_bytes")},
+        },
+        "batching": {
+            "type": "object",
+            "required": ["batches", "items", "mean_batch_size"],
+            "properties": {"batches": {"type": "integer", "minimum": 0}, "items": {"type": "integer", "minimum": 0},
+                           "mean_batch_size": _NUMBER},
+        },
     },
 }

@@ -237,9 +237,20 @@ class ClassifierApp:
         ])
         self.tabs = w.Tab(children=[w.VBox([inputs, self.status, single]), gallery])
         self.tabs.titles = ("Classify", "Gallery")
-        self.widget = self.tabs
+        self.model_html = w.HTML(self._model_headline())
+        self.widget = w.VBox([self.model_html, self.tabs])
         self._show_sources()
         self._show_placeholders()
+
+    def _model_headline(self) -> str:
+        """What the model was trained on and how well it does (its model card), at the top of the app."""
+        card = getattr(self.classifier, "card", None)
+        if card is None:
+            return "<div style='color:#777'><i>This model has no model card: what it was trained on is not known.</i></div>"
+        warn = "" if card.real_photos else (" <b style='color:#c62828'>It has never seen a real amulet: do not trust "
+                                             "its answers on real photos.</b>")
+        return (f"<div style='border-left:4px solid #90caf9;padding:2px 8px;margin-bottom:4px'>Model: "
+                f"{html.escape(card.headline())}.{warn}</div>")
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, *, settings: Any = None, **kwargs: Any) -> ClassifierApp:

@@ -134,10 +134,10 @@ def bundled(tmp_path_factory):
     """The committed amulet6-synth model (read only), which knows the committed sample photos."""
     from amulet_lab.config import load_settings
 
-    if not default_checkpoint_path().is_file():
-        pytest.skip("data/models/amulet6-synth.pt is not built")
+    from amulet_lab.model.bundled import SYNTHETIC_CHECKPOINT
+
     quiet = load_settings(environ={}, dotenv=None)
-    return AmuletClassifier.from_settings(quiet, cache=False, monitor=PerformanceMonitor())
+    return AmuletClassifier.from_settings(quiet, SYNTHETIC_CHECKPOINT, cache=False, monitor=PerformanceMonitor())
 
 
 def test_pair_agreement_on_known_pieces(bundled):
@@ -159,7 +159,7 @@ def test_pair_agreement_on_known_pieces(bundled):
 @pytest.mark.slow
 def test_bundled_model_is_learnable_on_a_fresh_synthetic_split(bundled, tmp_path):
     """The stand-in must be learnable: >= 95 % on pieces rendered with a seed the recipe never used."""
-    from amulet_lab.cli._model import DEFAULT_RECIPE
+    from amulet_lab.model.bundled import SYNTHETIC_RECIPE as DEFAULT_RECIPE
     from amulet_lab.data import load_dataset, synthesize
     from amulet_lab.model import evaluate
 
@@ -363,7 +363,9 @@ def test_an_unknown_answer_carries_no_band_in_any_form(bundled, capsys):
     page = pred._repr_html_()
     assert "Not one of the six known types" in page and not any(b in page for b in bands)
     assert pred.to_dict()["confidence_band"] == "unknown" and json.loads(json.dumps(pred.to_dict()))["is_unknown"]
-    assert main(["predict", str(coin)]) == 0
+    from amulet_lab.model.bundled import SYNTHETIC_CHECKPOINT
+
+    assert main(["predict", str(coin), "--checkpoint", str(SYNTHETIC_CHECKPOINT)]) == 0
     line = capsys.readouterr().out.splitlines()[0]
     assert "not one of the six known types" in line and not any(f"[{b}]" in line for b in bands[:3])
     from amulet_lab.config import load_settings
@@ -382,3 +384,38 @@ def test_an_unknown_answer_carries_no_band_in_any_form(bundled, capsys):
     assert items[0].uncertainty == 1.0  # unknown answers lead the "most uncertain first" gallery
     cards = app.gallery_html.value
     assert cards.count("Not one of the six known types") == len(items) and "Reliable" not in cards
+
+
+def test_bands_come_from_the_checkpoint_and_settings_override_only_when_set(trained, settings):
+    from amulet_lab.model import load_checkpoint
+
+    ck = load_checkpoint(trained[0])
+    assert AmuletClassifier(ck, cache=False).bands == (0.9, 0.7)  # no bands stored: the documented defaults
+    ck.metadata["bands"] = {"reliable": 0.83, "verify": 0.55}  # chosen out of fold by training
+    assert AmuletClassifier(ck, cache=False).bands == (0.83, 0.55)
+    from amulet_lab.model import save_checkpoint
+
+    path = save_checkpoint(ck, trained[0].parent / "banded.pt")
+    assert AmuletClassifier.from_settings(settings, path).bands == (0.83, 0.55)  # AMULET_BAND_* unset
+    assert AmuletClassifier.from_settings(settings.replace(band_reliable=0.95), path).bands == (0.95, 0.55)
+    with pytest.raises(ValidationError):
+        AmuletClassifier.from_settings(settings.replace(band_verify=0.9), path)  # verify above the stored reliable
+
+
+def test_the_bundled_real_model_loads_and_classifies_without_the_photos():
+    """The committed default checkpoint (trained on the real photos, which CI does not have) loads from the repo
+    and the pip-installed backbone, and classifies the committed sample photos."""
+    from amulet_lab.data import SAMPLES_DIR
+    from amulet_lab.model.bundled import REAL_CHECKPOINT
+
+    clf = AmuletClassifier.from_checkpoint(cache=False, monitor=PerformanceMonitor())  # no path: the default
+    assert clf.checkpoint.path == REAL_CHECKPOINT and clf.checkpoint.arch == "fused"
+    assert clf.card.real_photos and clf.card.headline().startswith("trained on 149 real photos of 6 classes")
+    assert set(clf.checkpoint.metadata["bands"]) == {"reliable", "verify"} and clf.bands[1] < clf.bands[0]
+    photos = sorted(SAMPLES_DIR.glob("*/*.jpg"))
+    preds = clf.predict_batch(photos, batch_size=8)
+    assert len(preds) == len(photos)
+    for p in preds:
+        assert abs(sum(p.probabilities.values()) - 1) < 1e-4 and p.distance is not None
+        assert (p.confidence_band == "unknown") == p.is_unknown
+    assert any(p.is_unknown for p in preds[:3])  # the generated coin, noise and texture are not amulets

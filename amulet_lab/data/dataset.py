@@ -31,6 +31,7 @@ __all__ = [
     "load_dataset",
     "stratified_kfold",
     "fingerprint",
+    "content_fingerprint",
     "IMAGE_SUFFIXES",
     "GroupsSpec",
 ]
@@ -354,3 +355,25 @@ def fingerprint(samples: Sequence[Sample], root: str | os.PathLike | None = None
         lines.append(f"{path.relative_to(base).as_posix()}\t{size}\t{sample.label}")
     digest = hashlib.sha256("\n".join(sorted(lines)).encode("utf-8"))
     return digest.hexdigest()
+
+
+def content_fingerprint(samples: Sequence[Sample], root: str | os.PathLike | None = None) -> str:
+    """A sha256 over (path relative to ``root``, sha256 of the file's bytes, label) of every sample, in any order.
+
+    Unlike ``fingerprint`` (path, size, label), an edited photo of the same size changes it (model cards).
+    """
+    if not samples:
+        raise ValidationError("cannot fingerprint an empty sample list", field="samples", value=0,
+                              code="E_DATASET_EMPTY")
+    paths = [Path(sample.path).resolve() for sample in samples]
+    base = Path(root).resolve() if root is not None else Path(os.path.commonpath([p.parent for p in paths]))
+    lines = []
+    for sample, path in zip(samples, paths):
+        try:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        except FileNotFoundError:
+            raise ValidationError(f"sample file is missing: {path}", field="path", value=str(path),
+                                  code="E_DATASET_MISSING_FILE") from None
+        lines.append(f"{path.relative_to(base).as_posix()}\t{digest}\t{sample.label}")
+    return hashlib.sha256("\n".join(sorted(lines)).encode("utf-8")).hexdigest()
+

@@ -11,7 +11,9 @@ Architectures:
     tiny      8-16-32 channels, no features: trains in seconds, for tests
     small     32-48-96-160 channels (~0.45 M parameters, ~1.8 MB)
     ensemble  ``small`` CNN + feature head (the bundled synthetic model)
-    features  the feature head alone, a linear model on hand-made features (the default recipe: best on real photos)
+    features  the feature head alone, a linear model on hand-made features
+    fused     pretrained EfficientNet-Lite0 features of the object crop + hand features, one linear head
+              (``model.fused``; the default recipe: best on real photos)
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ ARCHITECTURES: dict[str, tuple[tuple[int, ...] | None, bool]] = {
     "small": ((32, 48, 96, 160), False),
     "ensemble": ((32, 48, 96, 160), True),
     "features": (None, True),
+    "fused": (None, True),  # model.fused.FusedNet: no CNN trained, a linear head on fixed features
 }
 
 
@@ -147,5 +150,9 @@ def build_model(arch: str, num_classes: int, **kwargs: Any) -> AmuletNet:
         )
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValidationError(f"num_classes must be an int >= 2, got {num_classes!r}", field="num_classes", value=num_classes)
+    if arch == "fused":
+        from amulet_lab.model.fused import FusedNet
+
+        return FusedNet(num_classes, **kwargs)  # type: ignore[return-value]
     widths, use_features = ARCHITECTURES[arch]
     return AmuletNet(num_classes, widths, use_features, **kwargs)

@@ -51,16 +51,19 @@ __all__ = ["AmuletClassifier", "default_checkpoint_path", "STAGES"]
 
 #: The timed stages of one prediction, in order.
 STAGES = ("lookup", "decode", "preprocess", "infer", "postprocess")
+#: (reliable, verify) confidence thresholds when neither the caller nor the checkpoint gives them.
+DEFAULT_BANDS = (0.90, 0.70)
 #: Paths whose content hash is remembered (by path, size and mtime).
 _PATH_KEYS_MAX = 4096
 _BYTES = (bytes, bytearray, memoryview)
 
 
 def default_checkpoint_path(model_path: str | os.PathLike[str] | None = None) -> Path:
-    """``model_path`` if given (AMULET_MODEL_PATH at the edges), else the bundled ``data/models/amulet6-synth.pt``."""
+    """``model_path`` if given (AMULET_MODEL_PATH at the edges), else the bundled ``data/models/amulet6.pt`` (trained
+    on the real photos; the synthetic stand-in is ``model.bundled.SYNTHETIC_CHECKPOINT``)."""
     if model_path:
         return Path(model_path)
-    return PROJECT_ROOT / "data" / "models" / "amulet6-synth.pt"
+    return PROJECT_ROOT / "data" / "models" / "amulet6.pt"
 
 
 class AmuletClassifier:
@@ -71,7 +74,7 @@ class AmuletClassifier:
         checkpoint: Checkpoint,
         *,
         limits: ImageLimits | None = None,
-        bands: tuple[float, float] = (0.90, 0.70),
+        bands: tuple[float | None, float | None] | None = None,
         cache: PredictionCache | None | bool = None,
         monitor: PerformanceMonitor | None = None,
         torch_threads: int = 0,
@@ -79,7 +82,11 @@ class AmuletClassifier:
     ) -> None:
         if not isinstance(checkpoint, Checkpoint):
             raise ValidationError("AmuletClassifier needs a Checkpoint (use from_checkpoint)", field="checkpoint")
-        reliable, verify = bands
+        # The bands: those given (either may be None), else the checkpoint's (chosen out of fold), else 0.9 / 0.7.
+        stored = checkpoint.metadata.get("bands") or {}
+        given = bands or (None, None)
+        reliable = float(given[0] if given[0] is not None else stored.get("reliable", DEFAULT_BANDS[0]))
+        verify = float(given[1] if given[1] is not None else stored.get("verify", DEFAULT_BANDS[1]))
         if not 0 <= verify < reliable <= 1:
             raise ValidationError(f"bands must be (reliable, verify) with 0 <= verify < reliable <= 1, got {bands!r}",
                                   field="bands", value=bands, code="E_BANDS")
@@ -135,8 +142,9 @@ class AmuletClassifier:
     def from_settings(cls, settings: Settings, path: str | Path | None = None, **kwargs: Any) -> AmuletClassifier:
         """The classifier the settings describe (called at the edges: service, CLI, widgets, benchmarks).
 
-        Checkpoint ``path`` or AMULET_MODEL_PATH or the bundled one; image limits, bands, torch threads and a
-        prediction cache bounded by AMULET_CACHE_MAX_SIZE with AMULET_CACHE_DEFAULT_TTL; ``kwargs`` override.
+        Checkpoint ``path`` or AMULET_MODEL_PATH or the bundled one; image limits, torch threads, a prediction
+        cache bounded by AMULET_CACHE_MAX_SIZE with AMULET_CACHE_DEFAULT_TTL, and AMULET_BAND_* only where set
+        (else the checkpoint's bands); ``kwargs`` override.
         """
         options: dict[str, Any] = {
             "limits": ImageLimits.from_settings(settings),
@@ -427,11 +435,22 @@ class AmuletClassifier:
         return {"predictions": self._predictions.get(), "errors": self._errors.get(), "decodes": self._decodes.get(),
                 "cache": self.cache.stats() if self.cache is not None else None}
 
+    @property
+    def card(self) -> Any:
+        """The checkpoint's ``ModelCard`` (None for a checkpoint trained before cards)."""
+        from amulet_lab.model.card import model_card
+
+        return model_card(self.checkpoint.metadata)
+
     def model_status(self) -> dict[str, Any]:
-        """For the health report: checkpoint, architecture, labels, calibration, counts, parameters."""
+        """For the health report: checkpoint, architecture, labels, calibration, model card, counts, parameters."""
         ck = self.checkpoint
         meta = ck.metadata
+        card = self.card
         return {
+            "headline": card.headline() if card is not None else None,
+            "model_card": card.to_dict() if card is not None else None,
+            "bands": {"reliable": self.bands[0], "verify": self.bands[1]},
             "loaded": True,
             "path": str(ck.path) if ck.path else None,
             "arch": ck.arch,

@@ -91,6 +91,11 @@ def cross_validate(
     CNN uses an inner stratified split (a fifth) for early stopping and calibration, as ``train`` does
     with a validation split; a features-only model trains on the whole part and calibrates on
     out-of-fold predictions (see ``train.fit``), as it does when given no validation split.
+
+    Besides accuracy, macro-F1, top-2, ECE and NLL (per fold, then pooled), out of fold: the share of real
+    photos each fold's unknown rule calls unknown (``false_unknown_rate``), the share of 120 generated
+    non-amulets it catches (``probe_caught_rate``, mean over folds), and the accuracy and coverage of the
+    "reliable" band with each fold's own bands (``reliable_accuracy``, ``reliable_coverage``).
     """
     from dataclasses import replace
 
@@ -98,14 +103,16 @@ def cross_validate(
     from amulet_lab.images import PreprocessSpec
     from amulet_lab.images import to_uint8_batch
     from amulet_lab.model.arch import ARCHITECTURES
-    from amulet_lab.model.train import TrainConfig, fit, predict_logits
+    from amulet_lab.model.classifier import DEFAULT_BANDS
+    from amulet_lab.model.train import TrainConfig, fit, predict_outputs
+    from amulet_lab.model.unknown import make_probes
 
     if not isinstance(k, int) or k < 2:
         raise ValidationError("k must be an int >= 2", field="k", value=k)
     cfg = config or TrainConfig()
     folds = stratified_kfold(list(samples), k, seed)
     results = []
-    all_probs, all_targets = [], []
+    all_probs, all_targets, all_unknown, all_reliable, caught = [], [], [], [], []
     for i, (train_part, test_part) in enumerate(folds):
         if ARCHITECTURES[cfg.arch][0] is not None:  # a CNN: early stopping and calibration on an inner split
             fit_part, val_part = stratified_kfold(train_part, 5, seed + 100 + i)[0]
@@ -116,8 +123,15 @@ def cross_validate(
                   [s.label for s in val_part], num_classes, fold_cfg, train_groups=[s.group for s in fit_part],
                   progress=progress)
         spec = PreprocessSpec(fold_cfg.img_size)
-        x = spec.normalise(to_uint8_batch([s.path for s in test_part], spec.size).float() / 255.0)
-        probs = torch.softmax(predict_logits(res.model, x) / res.temperature, 1)
+        x = spec.to_input(to_uint8_batch([s.path for s in test_part], spec.size))
+        logits, distance = predict_outputs(res.model, x)
+        probs = torch.softmax(logits / res.temperature, 1)
+        all_unknown.append(res.unknown(probs, distance))
+        reliable = (res.bands or {}).get("reliable", DEFAULT_BANDS[0])
+        all_reliable.append(probs.max(1).values >= reliable)
+        probes = torch.from_numpy(make_probes(120, spec.size, 12345)).permute(0, 3, 1, 2).contiguous()
+        pl, pd = predict_outputs(res.model, spec.to_input(probes))
+        caught.append(float(res.unknown(torch.softmax(pl / res.temperature, 1), pd).float().mean()))
         m = metrics(probs, [s.label for s in test_part], keys)
         m["train_seconds"] = res.seconds
         results.append(m)
@@ -128,15 +142,23 @@ def cross_validate(
         values = [r[name] for r in results]
         summary[name] = statistics.fmean(values)
         summary[f"{name}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
-    pooled = metrics(torch.cat(all_probs), all_targets, keys)
+    pooled_probs = torch.cat(all_probs)
+    pooled = metrics(pooled_probs, all_targets, keys)
     summary["pooled"] = {k2: pooled[k2] for k2 in ("accuracy", "macro_f1", "top2_accuracy", "ece", "confusion_matrix", "per_class")}
+    correct = pooled_probs.argmax(1) == torch.tensor(all_targets)
+    band = torch.cat(all_reliable)
+    summary["false_unknown_rate"] = float(torch.cat(all_unknown).float().mean())
+    summary["probe_caught_rate"] = statistics.fmean(caught)
+    summary["reliable_coverage"] = float(band.float().mean())
+    summary["reliable_accuracy"] = float(correct[band].float().mean()) if bool(band.any()) else float("nan")
     return summary
 
 
 def format_metrics(m: dict[str, Any]) -> str:
     """A short plain-text report of ``metrics``/``evaluate``/``cross_validate`` output."""
     lines = []
-    for name in ("n", "accuracy", "macro_f1", "top2_accuracy", "ece", "nll", "pair_accuracy", "unknown_rate"):
+    for name in ("n", "accuracy", "macro_f1", "top2_accuracy", "ece", "nll", "pair_accuracy", "unknown_rate",
+                 "false_unknown_rate", "probe_caught_rate", "reliable_accuracy", "reliable_coverage"):
         if name in m:
             value = m[name]
             std = m.get(f"{name}_std")

@@ -67,6 +67,7 @@ class TrainResult:
     seconds: float
     unknown_stats: dict[str, float]
     config: TrainConfig
+    bands: dict[str, float] | None = None  # (reliable, verify) chosen out of fold, when the recipe does
 
 
 @torch.inference_mode()
@@ -132,6 +133,13 @@ def _fit(
     spec = PreprocessSpec(cfg.img_size)
     load_size = cfg.img_size
     raw = to_uint8_batch(train_images, load_size)
+    if cfg.arch == "fused":  # features once, a linear head, calibration out of fold (no validation split used)
+        from amulet_lab.model.fused_fit import fit_fused
+
+        done = fit_fused(raw, y, num_classes, cfg, spec, groups=train_groups, progress=progress)
+        return TrainResult(model=done["model"], spec=spec, temperature=done["temperature"], unknown=done["unknown"],
+                           history=[], best_epoch=0, seconds=time.perf_counter() - start,
+                           unknown_stats=done["unknown_stats"], config=cfg, bands=done["bands"])
     xv = spec.normalise(to_uint8_batch(val_images, cfg.img_size).float() / 255.0) if len(val_images) else torch.empty(0, 3, cfg.img_size, cfg.img_size)
     probe_raw = torch.from_numpy(make_probes(max(24, 6 * cfg.probes_per_batch), load_size, cfg.seed + 1)).permute(0, 3, 1, 2).contiguous()
     model = build_model(cfg.arch, num_classes, **_arch_kwargs(cfg, spec))
@@ -240,6 +248,12 @@ def _fit(
 
 def _arch_kwargs(cfg: TrainConfig, spec: PreprocessSpec) -> dict[str, Any]:
     """The ``build_model`` keyword arguments of a config (stored in the checkpoint as they are)."""
+    if cfg.arch == "fused":  # the backbone is named, not stored: its package and the sha256 of its file
+        from amulet_lab.model.backbone import WEIGHTS_SHA256
+        from amulet_lab.model.fused import BACKBONE_PACKAGE
+
+        return {"mean": list(spec.mean), "std": list(spec.std), "power": 0.25, "margin": 0.06,
+                "backbone": BACKBONE_PACKAGE, "backbone_sha256": WEIGHTS_SHA256}
     return {
         "dropout": cfg.dropout, "feature_weight": cfg.feature_weight, "mean": list(spec.mean), "std": list(spec.std),
         "cnn_size": cfg.cnn_size if 0 < cfg.cnn_size < cfg.img_size else None,
@@ -303,6 +317,8 @@ def train(
         "unknown_stats": result.unknown_stats,
         "history": result.history,
     }
+    if result.bands is not None:
+        metadata["bands"] = dict(result.bands)
     arch_kwargs = _arch_kwargs(cfg, result.spec)
     ck = make_checkpoint(
         result.model, arch=cfg.arch, arch_kwargs=arch_kwargs, labels=splits.labels, spec=result.spec,
