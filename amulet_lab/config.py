@@ -48,39 +48,61 @@ class Variable:
 VARIABLES: tuple[Variable, ...] = (
     # caching
     Variable("cache_max_size", "int", 104_857_600,
-             "Byte bound of the classifier's prediction cache (0: no prediction cache).", 0),
-    Variable("cache_default_ttl", "float", 3600.0, "Time to live of a cached prediction, seconds.", 0.001),
+             "Byte bound of the classifier's prediction cache (0: no prediction cache).", 0, 17_179_869_184),
+    Variable("cache_default_ttl", "float", 3600.0, "Time to live of a cached prediction, seconds.", 0.001, 2_592_000),
     # memory
     Variable("memory_warning_threshold", "float", 0.8, "Share of system memory in use that means 'warning'.", 0, 1),
     Variable("memory_critical_threshold", "float", 0.9, "Share of system memory in use that means 'critical'.", 0, 1),
-    Variable("memory_budget_mb", "optional_float", None, "Optional RSS budget of this process, MB (empty: none).", 1),
+    Variable("memory_budget_mb", "optional_float", None,
+             "Optional RSS budget of this process, MB (empty: none); the service sizes its pixel and upload "
+             "budgets from it.", 1, 1_048_576),
     Variable("cache_shrink_fraction", "float", 0.5, "Fraction of its entries a cache drops under memory pressure.", 0, 1),
     Variable("mmap_threshold", "int", 4_194_304,
-             "Image files larger than this many bytes are memory-mapped, not read onto the heap.", 1),
+             "Image files larger than this many bytes are memory-mapped, not read onto the heap.", 1, 1_073_741_824),
     # performance
-    Variable("connection_pool_size", "int", 100, "Connections held by the async HTTP pool.", 1),
-    Variable("http_timeout", "float", 10.0, "Timeout of one HTTP request of the pool, seconds.", 0.001),
-    Variable("chunk_size", "int", 8192, "Bytes read at a time when streaming files.", 1),
-    Variable("thread_pool_size", "int", 4, "Workers of each named thread pool (image decoding among them).", 1),
-    Variable("torch_threads", "int", 0, "Threads torch uses for inference (0: torch's own default)."),
+    Variable("connection_pool_size", "int", 100, "Connections held by the async HTTP pool.", 1, 10_000),
+    Variable("http_timeout", "float", 10.0, "Timeout of one HTTP request of the pool, seconds.", 0.001, 3600),
+    Variable("chunk_size", "int", 8192, "Bytes read at a time when streaming files.", 1, 67_108_864),
+    Variable("thread_pool_size", "int", 4, "Workers of each named thread pool (image decoding among them).", 1, 256),
+    Variable("torch_threads", "int", 0, "Threads torch uses for inference (0: torch's own default).", 0, 256),
     # model and inference
     Variable("model_path", "optional_str", None, "Checkpoint to load (empty: the bundled default in data/models/)."),
-    Variable("band_reliable", "float", 0.90, "Confidence at or above which a prediction is 'reliable'.", 0, 1),
-    Variable("band_verify", "float", 0.70, "Confidence at or above which a prediction is 'verify' (below: 'retake').", 0, 1),
+    Variable("band_reliable", "optional_float", None,
+             "Confidence at or above which a prediction is 'reliable' (empty: the checkpoint's, else 0.9).", 0, 1),
+    Variable("band_verify", "optional_float", None,
+             "Confidence at or above which a prediction is 'verify', below it 'retake' (empty: the checkpoint's, "
+             "else 0.7).", 0, 1),
     Variable("test_preprocess_delay_ms", "float", 0.0,
-             "Benchmarks only: a delay the benchmark adds to each preprocessing, ms (seeds a known regression)."),
+             "Benchmarks only: a delay the benchmark adds to each preprocessing, ms (seeds a known regression).",
+             0, 10_000),
     # input limits
-    Variable("max_upload_bytes", "int", 20_971_520, "Largest image file accepted, bytes.", 1),
-    Variable("max_image_side", "int", 12_000, "Longest image side accepted, pixels.", 1),
-    Variable("max_image_pixels", "int", 50_000_000, "Most pixels (width x height) accepted.", 1),
+    Variable("max_upload_bytes", "int", 20_971_520, "Largest image file accepted, bytes.", 1, 1_073_741_824),
+    Variable("max_image_side", "int", 12_000, "Longest image side accepted, pixels.", 1, 65_535),
+    Variable("max_image_pixels", "int", 50_000_000, "Most pixels (width x height) accepted.", 1, 1_000_000_000),
     # service
     Variable("secret_key", "optional_str", None, "HS256 key for JWTs; required by the service unless AMULET_DEBUG=true."),
     Variable("require_auth", "bool", False, "Whether /predict and /metrics need a bearer token."),
-    Variable("jwt_issuer", "str", "amulet-lab", "Issuer written into and required of tokens."),
-    Variable("jwt_audience", "str", "amulet-lab-api", "Audience written into and required of tokens."),
-    Variable("rate_limit_per_minute", "float", 120.0, "Requests a client may make per minute (token refill rate).", 0.001),
-    Variable("rate_limit_burst", "int", 30, "Token bucket size: requests a client may make at once.", 1),
+    Variable("jwt_issuer", "str", "amulet-lab", "Issuer written into and required of tokens (not empty)."),
+    Variable("jwt_audience", "str", "amulet-lab-api", "Audience written into and required of tokens (not empty)."),
+    Variable("token_max_ttl_s", "float", 31_622_400.0,
+             "Longest token lifetime issued and accepted, seconds (a token living longer is refused).", 1, 315_360_000),
+    Variable("rate_limit_per_minute", "float", 120.0, "Requests a client may make per minute (token refill rate).",
+             0.001, 1_000_000),
+    Variable("rate_limit_burst", "int", 30, "Token bucket size: requests a client may make at once.", 1, 100_000),
     Variable("trust_forwarded_for", "bool", False, "Take the client address from X-Forwarded-For (behind a proxy only)."),
+    Variable("upload_timeout_s", "float", 30.0,
+             "Deadline for receiving a whole request body, seconds (then 408).", 0.1, 3600),
+    Variable("upload_idle_timeout_s", "float", 10.0,
+             "Longest pause between two pieces of a request body, seconds (then 408).", 0.1, 600),
+    Variable("max_connections", "int", 1024, "Most open client connections; more are answered 503 and closed.",
+             1, 100_000),
+    Variable("pixel_wait_s", "float", 10.0,
+             "How long a request waits for the decoded-pixel budget, seconds (then 503).", 0, 600),
+    Variable("batch_max_size", "int", 8,
+             "Most photos in one batched forward pass of the service (1: no batching).", 1, 256),
+    Variable("batch_max_wait_ms", "float", 5.0,
+             "How long the service waits for more photos to fill a batch, ms.", 0, 1000),
+    Variable("openapi", "bool", False, "Serve /openapi.json and /docs (also served when AMULET_DEBUG=true)."),
     # general
     Variable("debug", "bool", False,
              "Debug mode: allows a missing secret key, serves /docs and /openapi.json, logs at DEBUG level."),
@@ -176,8 +198,8 @@ class Settings:
     thread_pool_size: int = 4
     torch_threads: int = 0
     model_path: str | None = None
-    band_reliable: float = 0.90
-    band_verify: float = 0.70
+    band_reliable: float | None = None
+    band_verify: float | None = None
     test_preprocess_delay_ms: float = 0.0
     max_upload_bytes: int = 20_971_520
     max_image_side: int = 12_000
@@ -186,9 +208,17 @@ class Settings:
     require_auth: bool = False
     jwt_issuer: str = "amulet-lab"
     jwt_audience: str = "amulet-lab-api"
+    token_max_ttl_s: float = 31_622_400.0
     rate_limit_per_minute: float = 120.0
     rate_limit_burst: int = 30
     trust_forwarded_for: bool = False
+    upload_timeout_s: float = 30.0
+    upload_idle_timeout_s: float = 10.0
+    max_connections: int = 1024
+    pixel_wait_s: float = 10.0
+    batch_max_size: int = 8
+    batch_max_wait_ms: float = 5.0
+    openapi: bool = False
     debug: bool = False
     log_format: str = "text"
     log_level: str = "INFO"
@@ -204,7 +234,12 @@ class Settings:
                 field="AMULET_MEMORY_WARNING_THRESHOLD",
                 value=self.memory_warning_threshold,
             )
-        if self.band_verify >= self.band_reliable:
+        for name in ("jwt_issuer", "jwt_audience"):
+            if not getattr(self, name).strip():
+                # An empty audience or issuer makes every token fail verification (a service nobody can use).
+                raise ValidationError(f"AMULET_{name.upper()} must not be empty.", field=f"AMULET_{name.upper()}",
+                                      value=getattr(self, name))
+        if self.band_verify is not None and self.band_reliable is not None and self.band_verify >= self.band_reliable:
             raise ValidationError(
                 f"AMULET_BAND_VERIFY must be below AMULET_BAND_RELIABLE (got {self.band_verify} >= {self.band_reliable}).",
                 field="AMULET_BAND_VERIFY",

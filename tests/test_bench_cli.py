@@ -134,3 +134,22 @@ def test_report_and_demo_run_the_report_and_say_where_it_is(tmp_path, capsys, mo
     assert calls[-1][1]["quick"] is False
     assert out.rstrip().endswith(f"open the report: file://{(tmp_path / 'out' / '04_report.html').resolve()}")
     assert "6 record(s) appended" in out
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_nan_or_infinite_metric_fails_compare_and_the_json_stays_strict(tmp_path, capsys, bad):
+    """A failed measurement is flagged (exit 1 with --fail-on-regression) and never printed as NaN/Infinity."""
+    # History.append refuses NaN; a file written by an older version (json.dumps allows NaN) may still hold it.
+    lines = [json.dumps({
+        "run_id": f"r{i}", "timestamp": f"2026-01-0{i + 1}T00:00:00Z", "machine_id": "m", "scenario": "single_stream",
+        "variant": "", "params": {"queries": 10}, "metrics": {"latency_p50_ms": value, "samples_per_s": bad},
+        "reference": {"ms": 1.0}}) for i, value in enumerate([10.0, 10.2, 9.9, bad])]
+    (tmp_path / "runs.jsonl").write_text("\n".join(lines) + "\n")
+    assert main(["bench", "compare", "--history-dir", str(tmp_path), "--fail-on-regression"]) == 1
+    assert "FAILED MEASUREMENT single_stream latency_p50_ms" in capsys.readouterr().out
+    assert main(["bench", "compare", "--history-dir", str(tmp_path), "--json"]) == 0
+    text = capsys.readouterr().out
+    assert "NaN" not in text and "Infinity" not in text
+    parsed = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+    assert {row["metric"] for row in parsed["failed"]} == {"latency_p50_ms", "samples_per_s"}
+    assert all(row["value"] is None for row in parsed["failed"])

@@ -188,3 +188,28 @@ def test_the_edges_apply_settings_to_the_process_wide_instances(settings):
             apply_settings({"AMULET_THREAD_POOL_SIZE": "3"})  # type: ignore[arg-type]
     finally:
         apply_settings(settings)
+
+
+@pytest.mark.parametrize("name,value", [
+    ("AMULET_MAX_UPLOAD_BYTES", "100000000000000000000"), ("AMULET_THREAD_POOL_SIZE", "100000"),
+    ("AMULET_MAX_IMAGE_PIXELS", "10000000000"), ("AMULET_CACHE_MAX_SIZE", "1" + "0" * 15),
+    ("AMULET_CONNECTION_POOL_SIZE", "1000000"), ("AMULET_RATE_LIMIT_BURST", "10000000"),
+    ("AMULET_BATCH_MAX_SIZE", "100000"), ("AMULET_MAX_CONNECTIONS", "10000000"), ("AMULET_TOKEN_MAX_TTL_S", "1e20"),
+    ("AMULET_UPLOAD_TIMEOUT_S", "0"), ("AMULET_BATCH_MAX_SIZE", "0"),
+])
+def test_every_size_and_count_has_bounds(name, value):
+    with pytest.raises(ValidationError) as info:
+        load_settings({name: value}, dotenv=None)
+    assert info.value.field == name
+
+
+def test_every_number_has_an_upper_bound():
+    unbounded = [v.env for v in VARIABLES if v.kind in ("int", "float", "optional_float") and v.maximum is None]
+    assert not unbounded, f"no upper bound: {unbounded}"
+
+
+@pytest.mark.parametrize("name", ["AMULET_JWT_AUDIENCE", "AMULET_JWT_ISSUER"])
+def test_an_empty_audience_or_issuer_is_refused(name):
+    with pytest.raises(ValidationError) as info:
+        load_settings({name: " "}, dotenv=None)
+    assert info.value.field == name

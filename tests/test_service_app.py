@@ -128,43 +128,43 @@ def test_rate_limit_headers_count_down_then_429(svc_settings):
                         wall=lambda: 1_700_000_000.0)
     seen = []
     for _ in range(3):
-        response = client.get("/health/live")
+        response = client.get("/metrics")
         assert response.status_code == 200
         assert response.headers["X-RateLimit-Limit"] == "3"
         seen.append(int(response.headers["X-RateLimit-Remaining"]))
         assert int(response.headers["X-RateLimit-Reset"]) >= 1_700_000_000
     assert seen == [2, 1, 0]
-    limited = client.get("/health/live")
+    limited = client.get("/metrics")
     err = assert_envelope(limited, 429, "E_RATE_LIMITED")
     assert limited.headers["Retry-After"] == "1"
     assert limited.headers["X-RateLimit-Remaining"] == "0"
     assert err["details"]["limit"] == 3
     clock.now += 1.0  # one token back
-    assert client.get("/health/live").status_code == 200
+    assert client.get("/metrics").status_code == 200
 
 
 def test_rate_limit_bucket_is_per_subject(svc_settings):
     s = svc_settings.replace(rate_limit_burst=1, rate_limit_per_minute=1)
     client = client_for(s, timer=Clock())
-    assert client.get("/health/live").status_code == 200
-    assert client.get("/health/live").status_code == 429
+    assert client.get("/metrics").status_code == 200
+    assert client.get("/metrics").status_code == 429
     alice = {"Authorization": f"Bearer {issue_token('alice', 60, s)}"}
     bob = {"Authorization": f"Bearer {issue_token('bob', 60, s)}"}
-    assert client.get("/health/live", headers=alice).status_code == 200
-    assert client.get("/health/live", headers=bob).status_code == 200
-    assert client.get("/health/live", headers=alice).status_code == 429
+    assert client.get("/metrics", headers=alice).status_code == 200
+    assert client.get("/metrics", headers=bob).status_code == 200
+    assert client.get("/metrics", headers=alice).status_code == 429
 
 
 def test_forwarded_for_is_trusted_only_when_configured(svc_settings):
     s = svc_settings.replace(rate_limit_burst=1, rate_limit_per_minute=1)
     untrusted = client_for(s, timer=Clock())
-    assert untrusted.get("/health/live", headers={"X-Forwarded-For": "198.51.100.1"}).status_code == 200
-    assert untrusted.get("/health/live", headers={"X-Forwarded-For": "198.51.100.2"}).status_code == 429
+    assert untrusted.get("/metrics", headers={"X-Forwarded-For": "198.51.100.1"}).status_code == 200
+    assert untrusted.get("/metrics", headers={"X-Forwarded-For": "198.51.100.2"}).status_code == 429
     trusted = client_for(s.replace(trust_forwarded_for=True), timer=Clock())
-    assert trusted.get("/health/live", headers={"X-Forwarded-For": "198.51.100.1"}).status_code == 200
-    assert trusted.get("/health/live", headers={"X-Forwarded-For": "198.51.100.2"}).status_code == 200
+    assert trusted.get("/metrics", headers={"X-Forwarded-For": "198.51.100.1"}).status_code == 200
+    assert trusted.get("/metrics", headers={"X-Forwarded-For": "198.51.100.2"}).status_code == 200
     # A client forging a left-hand entry still counts against the address our proxy appended (right-most).
-    assert trusted.get("/health/live", headers={"X-Forwarded-For": "6.6.6.6, 198.51.100.1"}).status_code == 429
+    assert trusted.get("/metrics", headers={"X-Forwarded-For": "6.6.6.6, 198.51.100.1"}).status_code == 429
 
 
 def test_metrics_needs_a_token_when_auth_is_required(svc_settings):
@@ -188,7 +188,7 @@ def test_invalid_tokens_are_refused_whatever_the_setting(svc_settings, require_a
     wrong_key = issue_token("a", 60, s.replace(secret_key="w" * 32))
     wrong_aud = issue_token("a", 60, s.replace(jwt_audience="other-api"))
     for token, code in ((expired, "E_AUTH_EXPIRED"), (wrong_key, "E_AUTH_INVALID"), (wrong_aud, "E_AUTH_INVALID")):
-        response = client.get("/health/live", headers={"Authorization": f"Bearer {token}"})
+        response = client.get("/metrics", headers={"Authorization": f"Bearer {token}"})
         assert_envelope(response, 401, code)
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
         assert "X-RateLimit-Remaining" in response.headers
@@ -252,3 +252,50 @@ def test_require_auth_is_read_from_amulet_require_auth(value, status):
     assert response.status_code == status
     if status == 401:
         assert_envelope(response, 401, "E_AUTH_REQUIRED")
+
+
+def test_probes_skip_the_rate_limit_and_auth(svc_settings):
+    """/health/live and /health/ready answer however empty the bucket and whatever the Authorization header."""
+    s = svc_settings.replace(rate_limit_burst=1, rate_limit_per_minute=1, require_auth=True)
+    client = client_for(s, timer=Clock())
+    assert client.get("/health").status_code == 200
+    assert client.get("/health").status_code == 429  # the bucket is empty now
+    for _ in range(5):
+        live = client.get("/health/live", headers={"Authorization": "Bearer not-a-token"})
+        assert live.status_code == 200 and live.json() == {"status": "alive"}
+        assert live.headers["X-RateLimit-Remaining"] == "0" and "Retry-After" not in live.headers
+        ready = client.get("/health/ready", headers={"Authorization": "x" * 5000})
+        assert_envelope(ready, 503, "E_NOT_READY")  # no model here: not ready, but neither 401 nor 429
+    assert client.get("/metrics").status_code == 429  # probes took nothing from the bucket, and gave nothing back
+
+
+def test_health_shows_the_budgets_and_batching(svc_settings):
+    import jsonschema
+
+    from amulet_lab.health import HEALTH_SCHEMA
+
+    report = client_for(svc_settings.replace(memory_budget_mb=1024.0)).get("/health").json()
+    jsonschema.validate(report, HEALTH_SCHEMA)
+    assert report["budgets"]["pixel_bytes"]["capacity"] == 512 * 1024 * 1024
+    assert report["budgets"]["upload_bytes"]["capacity"] == 256 * 1024 * 1024
+    assert report["budgets"]["pixel_bytes"]["in_use"] == 0
+    assert report["batching"]["max_size"] == 8 and report["batching"]["mean_batch_size"] == 0.0
+
+
+def test_health_checks_memory_pressure_afresh(svc_settings):
+    from types import SimpleNamespace
+
+    from amulet_lab.memory import MemoryMonitor
+
+    rss = [100 * 1024 * 1024]
+    process = SimpleNamespace(memory_info=lambda: SimpleNamespace(rss=rss[0]))
+    vm = SimpleNamespace(total=64 * 1024**3, available=60 * 1024**3)
+    monitor = MemoryMonitor(budget_mb=400, process=process, virtual_memory=lambda: vm, builtin_responders=False)
+    client = client_for(svc_settings, memory_monitor=monitor)
+    first = client.get("/health").json()
+    assert first["memory_stats"]["pressure_check"]["level"] == "normal"
+    rss[0] = 480 * 1024 * 1024  # over the 400 MB budget
+    monitor._last_check["time"] -= 5  # the last check is older than the report allows
+    second = client.get("/health").json()
+    assert second["memory_stats"]["pressure_check"]["level"] == "critical"
+    assert second["memory_stats"]["pressure_check"]["rss_mb"] == 480 and second["status"] == "unhealthy"

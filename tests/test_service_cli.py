@@ -106,3 +106,10 @@ def test_uvicorn_config_validates_host_and_port():
     for host, port in (("", 8000), ("127.0.0.1", 65536), ("127.0.0.1", True), ("127.0.0.1", "8000")):
         with pytest.raises(ValidationError):
             uvicorn_config(object(), host, port)
+
+
+def test_load_command_refuses_a_bad_stall_count_before_starting_a_server(env, no_server, capsys):
+    assert main(["load", "--duration", "1", "--stall", "5000"]) == 1
+    assert "error [E_VALIDATION]" in capsys.readouterr().err
+    args = build_parser().parse_args(["load", "--stall", "64", "--distinct", "2000", "--batch-max-size", "1", "--baseline"])
+    assert (args.stall, args.distinct, args.batch_max_size, args.baseline) == (64, 2000, 1, True)

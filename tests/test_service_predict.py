@@ -107,17 +107,22 @@ def test_repeated_photo_hits_the_cache_and_metrics_show_it(client, images):
 
 
 def test_one_decode_per_new_photo_and_none_for_a_repeated_one(client, images, monkeypatch):
-    """The service hands the upload to the classifier, which validates and decodes it once, or not at all."""
-    from PIL import Image
+    """A new photo is validated and decoded once, a repeated one not at all (its header is not even read).
+
+    Decodes are counted where the pixels are made (``ImageFile.load``): the service reads a new photo's
+    header first (``Image.open``, no pixels) to reserve its pixel budget.
+    """
+    from PIL import ImageFile
 
     opened = []
-    real_open = Image.open
+    real_load = ImageFile.ImageFile.load
 
-    def counting_open(*args, **kwargs):
-        opened.append(args[0])
-        return real_open(*args, **kwargs)
+    def counting_load(self, *args, **kwargs):
+        if all(other is not self for other in opened):  # load() runs again on an image already decoded: one decode
+            opened.append(self)
+        return real_load(self, *args, **kwargs)
 
-    monkeypatch.setattr(Image, "open", counting_open)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counting_load)
     files = {"front": ("f.jpg", images[0], "image/jpeg"), "back": ("b.jpg", images[1], "image/jpeg")}
     first = client.post("/predict", files=files)
     assert first.status_code == 200, first.text
@@ -280,7 +285,7 @@ def test_server_scenario_drives_a_real_uvicorn_service(svc_settings, classifier,
 def test_public_health_hides_the_checkpoint_path_and_a_metrics_token_sees_more(client, svc_settings):
     public = client.get("/health").json()["model_status"]
     assert public["loaded"] is True and public["arch"] == "tiny" and public["num_classes"] == 6
-    assert set(public) <= {"loaded", "loading", "error", "arch", "num_classes", "labels", "version", "loaded_at"}
+    assert set(public) <= {"loaded", "loading", "error", "arch", "num_classes", "labels", "version", "loaded_at", "headline"}
     assert "path" not in public and "/" not in str(public)
     ops = {"Authorization": f"Bearer {issue_token('ops', 60, svc_settings, scopes=['metrics'])}"}
     full = client.get("/health", headers=ops).json()["model_status"]
@@ -299,7 +304,7 @@ def test_client_input_errors_do_not_open_the_breaker(svc_settings, classifier, i
     def undecodable(*args, **kwargs):
         raise ProcessingError("could not decode image", stage="decode", code="E_IMAGE_DECODE")
 
-    monkeypatch.setattr(classifier, "predict", undecodable)
+    monkeypatch.setattr(classifier, "decode", undecodable)
     files = {"front": ("front.jpg", images[0], "image/jpeg")}
     for _ in range(6):  # passed validation, failed to decode inside the classifier: still the client's photo
         assert client.post("/predict", files=files).status_code == 400
@@ -314,7 +319,7 @@ def test_model_error_503_names_the_code_only(svc_settings, classifier, images, m
     def broken(*args, **kwargs):
         raise ModelError("checkpoint /srv/secret/model.pt is corrupt", code="E_CHECKPOINT_CORRUPT")
 
-    monkeypatch.setattr(classifier, "predict", broken)
+    monkeypatch.setattr(classifier, "infer", broken)
     client = TestClient(create_app(svc_settings, classifier), raise_server_exceptions=False)
     response = client.post("/predict", files={"front": ("front.jpg", images[0], "image/jpeg")})
     err = _envelope(response, 503, "E_CHECKPOINT_CORRUPT")

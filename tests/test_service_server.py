@@ -123,7 +123,7 @@ def test_uvicorn_thread_serves_health_matching_schema(settings):
         missing = client.get("/missing")
         assert missing.status_code == 404 and missing.json()["error"]["code"] == "E_NOT_FOUND"
         # uvicorn's own proxy-header handling is off: a forged X-Forwarded-For cannot pick a fresh bucket.
-        a = client.get("/health/live", headers={"X-Forwarded-For": "203.0.113.7"})
+        a = client.get("/metrics", headers={"X-Forwarded-For": "203.0.113.7"})
         assert int(a.headers["x-ratelimit-remaining"]) == settings.rate_limit_burst - 3
 
 

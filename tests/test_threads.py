@@ -443,3 +443,90 @@ def test_threads_micro_benchmark_quick_shape():
     assert isinstance(result, MicroResult) and result.name == "threads"
     assert set(result.ratios) == {"counter_vs_lock_int", "dict_get_vs_locked_dict", "dict_set_vs_locked_dict"}
     assert set(result.verdicts()) == set(result.ratios) and all(v > 0 for v in result.figures.values())
+
+
+# ------------------------------------------------------------------------------------- WeightedSemaphore
+def test_weighted_semaphore_grants_by_weight_and_in_order():
+    from amulet_lab.errors import LockTimeoutError, ValidationError
+    from amulet_lab.threads import WeightedSemaphore
+
+    budget = WeightedSemaphore(10, name="pixels")
+    budget.acquire(6)
+    assert (budget.in_use, budget.available) == (6, 4)
+    assert budget.try_acquire(4) and not budget.try_acquire(1)
+    with pytest.raises(LockTimeoutError) as info:
+        budget.acquire(3, timeout=0.01)
+    assert info.value.code == "E_BUDGET_TIMEOUT" and budget.stats()["waiting"] == 0  # no queue entry left behind
+    with pytest.raises(LockTimeoutError) as never:
+        budget.acquire(11)  # more than the whole capacity: refused at once, never queued
+    assert never.value.code == "E_BUDGET_EXCEEDED"
+    budget.release(4)
+    budget.release(6)
+    with pytest.raises(ValidationError):
+        budget.release(1)  # more than is held
+    with budget.hold(10):
+        assert budget.available == 0
+    stats = budget.stats()
+    assert stats["in_use"] == 0 and stats["peak"] == 10 and stats["timeouts"] == 1 and stats["refused"] == 1
+
+
+def test_weighted_semaphore_is_fifo_so_a_large_request_is_not_starved():
+    import threading
+
+    from amulet_lab.threads import WeightedSemaphore
+
+    budget = WeightedSemaphore(10)
+    budget.acquire(5)
+    order: list[str] = []
+    big = threading.Thread(target=lambda: (budget.acquire(10), order.append("big"), budget.release(10)))
+    big.start()
+    while budget.stats()["waiting"] < 1:
+        time.sleep(0.001)
+    # A small request fits in the free half but must queue behind the large one.
+    assert not budget.try_acquire(1)
+    small = threading.Thread(target=lambda: (budget.acquire(1), order.append("small"), budget.release(1)))
+    small.start()
+    while budget.stats()["waiting"] < 2:
+        time.sleep(0.001)
+    budget.release(5)
+    big.join(5)
+    small.join(5)
+    assert order == ["big", "small"] and budget.in_use == 0
+
+
+def test_weighted_semaphore_async_waits_without_blocking_the_loop_and_threads_release():
+    import asyncio
+    import threading
+
+    from amulet_lab.errors import LockTimeoutError
+    from amulet_lab.threads import WeightedSemaphore
+
+    budget = WeightedSemaphore(8)
+
+    async def main() -> list[str]:
+        seen: list[str] = []
+        await budget.aacquire(8)
+
+        async def waiter() -> None:
+            async with budget.ahold(4):
+                seen.append("got")
+
+        task = asyncio.create_task(waiter())
+        await asyncio.sleep(0.01)
+        seen.append("loop runs")  # the waiting task does not block the event loop
+        threading.Timer(0.02, budget.release, args=(8,)).start()  # a worker thread gives the units back
+        await asyncio.wait_for(task, 5)
+        with pytest.raises(LockTimeoutError):
+            async with budget.ahold(8):
+                await budget.aacquire(1, timeout=0.01)
+        cancelled = asyncio.create_task(budget.aacquire(8))
+        await budget.aacquire(8)
+        await asyncio.sleep(0.01)
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        budget.release(8)
+        return seen
+
+    assert asyncio.run(main()) == ["loop runs", "got"]
+    assert budget.in_use == 0 and budget.stats()["waiting"] == 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import json
+import math
 import statistics
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -86,7 +87,7 @@ class MetricComparison:
     baseline_iqr: float | None
     n_baseline: int
     change: float | None  # relative change of the normalised value against the normalised median
-    status: str  # regression, improvement, ok, no-baseline, untracked
+    status: str  # regression, improvement, ok, no-baseline, untracked, failed (NaN or infinity)
     better: str | None
 
     def to_dict(self) -> dict[str, Any]:
@@ -106,8 +107,13 @@ class Comparison:
 
     @property
     def regressions(self) -> list[MetricComparison]:
-        """Rows judged worse than the baseline."""
-        return [r for r in self.rows if r.status == "regression"]
+        """Rows judged worse than the baseline, and failed measurements (NaN or infinity): neither may pass."""
+        return [r for r in self.rows if r.status in ("regression", "failed")]
+
+    @property
+    def failed(self) -> list[MetricComparison]:
+        """Rows whose latest value is NaN or infinite (a failed measurement, flagged whatever the baseline)."""
+        return [r for r in self.rows if r.status == "failed"]
 
     @property
     def improvements(self) -> list[MetricComparison]:
@@ -122,13 +128,14 @@ class Comparison:
             "baseline_runs": self.baseline_runs,
             "corrupt_lines": self.corrupt_lines,
             "regressions": [r.to_dict() for r in self.regressions],
+            "failed": [r.to_dict() for r in self.failed],
             "improvements": [r.to_dict() for r in self.improvements],
             "rows": [r.to_dict() for r in self.rows],
         }
 
     def to_json(self) -> str:
         """``to_dict`` as indented JSON."""
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        return json.dumps(_strict(self.to_dict()), indent=2, sort_keys=True, allow_nan=False)
 
     def to_frame(self):  # -> pandas.DataFrame
         """The rows as a DataFrame."""
@@ -149,7 +156,10 @@ class Comparison:
         ]
         if not self.baseline_runs:
             lines.append("  (no earlier run with the same parameters on this machine: nothing to judge yet)")
-        for row in self.regressions + self.improvements:
+        for row in self.failed:
+            where = row.scenario + (f"[{row.variant}]" if row.variant else "")
+            lines.append(f"  FAILED MEASUREMENT {where} {row.metric}: {row.value} (not a finite number)")
+        for row in [r for r in self.regressions if r.status == "regression"] + self.improvements:
             word = "REGRESSION" if row.status == "regression" else "improvement"
             where = row.scenario + (f"[{row.variant}]" if row.variant else "")
             change = "n/a" if row.change is None else f"{row.change:+.0%}"
@@ -239,6 +249,10 @@ def compare(
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 continue
             th = threshold_for(metric, thresholds)
+            if not math.isfinite(value):
+                rows.append(MetricComparison(rec["scenario"], variant, metric, float(value), None, None, 0, None,
+                                             "failed", th.better if th else None))
+                continue
             if th is None:
                 rows.append(MetricComparison(rec["scenario"], variant, metric, float(value), None, None, 0, None, "untracked", None))
                 continue
@@ -265,6 +279,17 @@ def compare(
     return Comparison(latest_run_id, machine, baseline_runs, rows, corrupt)
 
 
+def _strict(value: Any) -> Any:
+    """``value`` with every NaN or infinity replaced by None (strict JSON has neither)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
+
+
 def _normalised(
     value: float, ref_now: float | None, base: list[dict[str, Any]], metric: str, th: Threshold
 ) -> tuple[float, list[tuple[str, float]], float]:
@@ -275,8 +300,8 @@ def _normalised(
     pairs = []
     for b, ref in zip(base, refs):
         v = b["metrics"].get(metric)
-        if not isinstance(v, (int, float)) or isinstance(v, bool):
-            continue
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+            continue  # a failed earlier measurement is no baseline
         pairs.append((b["run_id"], _norm(float(v), ref, th) if use_ref else float(v)))
     if not use_ref or ref_now is None:
         return value, pairs, 1.0

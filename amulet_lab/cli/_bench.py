@@ -35,7 +35,7 @@ def register(subparsers: Any) -> None:
                      help="single_stream/offline: run at least this many seconds (default 1)")
     run.add_argument("--duration", dest="duration_s", type=float, default=3.0, help="seconds per server run (default 3)")
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--checkpoint", default=None, help="checkpoint (default: data/models/amulet6-synth.pt)")
+    run.add_argument("--checkpoint", default=None, help="checkpoint (default: AMULET_MODEL_PATH or data/models/amulet6.pt)")
     run.add_argument("--data-dir", default=None, help="image folder (default: data/samples)")
     run.add_argument("--history-dir", default=None, help="history folder (default: reports/history)")
     run.add_argument("--target-qps", type=float, default=None, help="server: fixed target QPS (default: search)")

@@ -45,15 +45,52 @@ def _load(args: argparse.Namespace, settings: Settings) -> int:
     warmup_s = 0.5 if args.url is None else 0.0
     # Checked before anything starts: a bad argument must not cost a server start-up first.
     check_load_args(args.duration, args.clients, warmup_s)
+    if not 0 <= args.stall <= 1000:
+        from amulet_lab.errors import ValidationError
+
+        raise ValidationError("--stall must be in [0, 1000]", field="stall", value=args.stall)
     images = [existing_file(args.image, field="image_path").read_bytes()] if args.image else sample_images()
-    run = dict(duration_s=args.duration, clients=args.clients, images=images, warmup_s=warmup_s)
+    if args.distinct:
+        from amulet_lab.bench.scenarios import distinct_images
+
+        # Enough new photos that no request of the run repeats one (the prediction cache never answers).
+        images = distinct_images(images, max(len(images), int(args.distinct)), seed=0)
+    baseline = _batch_baseline(settings, images) if args.baseline else None
+    run = dict(duration_s=args.duration, clients=args.clients, images=images, warmup_s=warmup_s, stall=args.stall)
     if args.url is not None:
         result = run_load(args.url, tokens=_client_tokens(args.token, args.clients, settings), **run)
     else:
-        with _service_for_load(settings, args.clients, cold_cache=args.cold) as (url, tokens):
+        batching = {"AMULET_BATCH_MAX_SIZE": str(args.batch_max_size)} if args.batch_max_size else {}
+        with _service_for_load(settings, args.clients, cold_cache=args.cold, extra_env=batching) as (url, tokens):
             result = run_load(url, tokens=tokens, **run)
-    print(json.dumps(result.to_dict(), indent=2) if args.json else result.to_text())
+    summary = result.to_dict()
+    if baseline is not None:
+        summary["predict_batch_images_per_s"] = round(baseline, 3)
+        summary["share_of_predict_batch"] = round(result.throughput_rps / baseline, 3) if baseline else None
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(result.to_text())
+        if baseline is not None:
+            print(f"  predict_batch in one process: {baseline:.1f} images/s; the service reached "
+                  f"{summary['share_of_predict_batch']:.0%} of it")
     return 0 if result.passed else 1
+
+
+def _batch_baseline(settings: Settings, images: list[bytes], *, seconds: float = 5.0) -> float:
+    """Images per second of ``predict_batch`` (batches of 16, no prediction cache) on ``images`` in this process."""
+    import time
+
+    from amulet_lab.model import AmuletClassifier
+
+    clf = AmuletClassifier.from_settings(settings, cache=False)
+    clf.predict_batch(images[:16], batch_size=16)  # warm-up: lazy initialisation is not throughput
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        chunk = [images[(done + i) % len(images)] for i in range(64)]
+        clf.predict_batch(chunk, batch_size=16)
+        done += len(chunk)
+    return done / (time.perf_counter() - start)
 
 
 def _client_tokens(token: str | None, clients: int, settings: Settings) -> list[str | None] | None:
@@ -68,8 +105,8 @@ def _client_tokens(token: str | None, clients: int, settings: Settings) -> list[
 
 
 @contextlib.contextmanager
-def _service_for_load(settings: Settings, clients: int, *,
-                      cold_cache: bool = False) -> Iterator[tuple[str, list[str | None]]]:
+def _service_for_load(settings: Settings, clients: int, *, cold_cache: bool = False,
+                      extra_env: dict[str, str] | None = None) -> Iterator[tuple[str, list[str | None]]]:
     """A service in a child process for one load run: (its URL, one token per client), stopped afterwards.
 
     It gets a fresh secret key and a rate limit the clients stay under; ``cold_cache`` shrinks its image
@@ -90,6 +127,7 @@ def _service_for_load(settings: Settings, clients: int, *,
         "AMULET_LOG_LEVEL": "WARNING",
         **({"AMULET_MODEL_PATH": settings.model_path} if settings.model_path else {}),
         **({"AMULET_CACHE_MAX_SIZE": "0"} if cold_cache else {}),  # 0: no prediction cache
+        **(extra_env or {}),
     }
     client_settings = settings.replace(secret_key=env["AMULET_SECRET_KEY"])
     tokens: list[str | None] = [issue_token(f"load-{i}", 3600, client_settings) for i in range(clients)]
@@ -117,5 +155,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--image", default=None, help="image to send (default: one of the committed samples)")
     p.add_argument("--token", default=None, help="bearer token for --url (default: issued per client from the key)")
     p.add_argument("--cold", action="store_true", help="started service only: no prediction cache (AMULET_CACHE_MAX_SIZE=0: every request is inferred)")
+    p.add_argument("--distinct", type=int, default=0, metavar="N",
+                   help="send N distinct photos made from the samples (no request is a repeat; e.g. 2000)")
+    p.add_argument("--stall", type=int, default=0, metavar="N",
+                   help="keep N stalled uploads open beside the clients (slow-client attack; e.g. 64)")
+    p.add_argument("--batch-max-size", type=int, default=0, metavar="N",
+                   help="started service only: AMULET_BATCH_MAX_SIZE (1: no batching; default: the setting)")
+    p.add_argument("--baseline", action="store_true",
+                   help="first time predict_batch on the same photos in this process and report the service's share")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=_load)

@@ -2,12 +2,14 @@
 
     POST /predict        multipart front (required) and back (optional) -> the classifier's JSON
     GET  /health         the health report (amulet_lab.health), always 200 while the process answers
-    GET  /health/live    200 while the event loop runs
-    GET  /health/ready   200 once the classifier is loaded, else 503
+    GET  /health/live    200 while the event loop runs (no rate limit, no auth)
+    GET  /health/ready   200 once the classifier is loaded, else 503 (no rate limit, no auth)
     GET  /metrics        Prometheus text (the app's own registry)
 
 The classifier is either given (tests, notebooks) or loaded from the checkpoint in the
-lifespan handler, in a worker thread, so ``/health/live`` answers while it loads.
+lifespan handler, in a worker thread, so ``/health/live`` answers while it loads. ``/predict``
+runs the stages of ``service.pipeline`` under the upload and pixel budgets (``service.budgets``),
+with forward passes batched across concurrent requests (``service.batching``).
 """
 
 from __future__ import annotations
@@ -22,25 +24,33 @@ from typing import Any
 import anyio
 import anyio.to_thread
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from amulet_lab.config import Settings, get_settings
-from amulet_lab.errors import CircuitBreaker, ModelError, ProcessingError, SecurityError, ValidationError
+from amulet_lab.errors import CircuitBreaker, ModelError
+from amulet_lab.service.batching import DynamicBatcher
+from amulet_lab.service.budgets import ServiceBudgets
 from amulet_lab.service.errors import ApiError, install_error_handlers
 from amulet_lab.service.metrics import CONTENT_TYPE_LATEST, MetricSources, ServiceMetrics
 from amulet_lab.service.middleware import ServiceMiddleware
+from amulet_lab.service.openapi import PAIR_SCHEMA, PREDICT_BODY, install_openapi
+from amulet_lab.service.pipeline import PredictPipeline
 from amulet_lab.service.ratelimit import RateLimiter
-from amulet_lab.service.uploads import read_uploads
+from amulet_lab.service.uploads import UploadLease, read_uploads
 
 __all__ = ["create_app", "ServiceState"]
 
 log = logging.getLogger("amulet_lab.service")
 
 UPLOAD_FIELDS = ("front", "back")
+#: A pressure check older than this is taken again when /health is asked (the background one runs every
+#: ``MEMORY_SAMPLE_S``), so the report never shows a stale level.
+HEALTH_MAX_AGE_S = 1.0
+MEMORY_SAMPLE_S = 2.0
 
 
 class ServiceState:
-    """Everything one app instance holds: settings, classifier, limiter, metrics, monitors, breaker."""
+    """Everything one app instance holds: settings, classifier, limiter, budgets, batcher, metrics, breaker."""
 
     def __init__(
         self,
@@ -64,18 +74,21 @@ class ServiceState:
         # Repeated model failures open the circuit: clients get a fast 503 instead of a queue of slow 500s.
         self.breaker = CircuitBreaker(failure_threshold=5, timeout=30.0, name="model", timer=timer)
         self._memory_monitor = memory_monitor
-        # Inference is CPU-bound: at most thread_pool_size requests run the model at once, the rest wait.
-        self.inference_limiter = anyio.CapacityLimiter(settings.thread_pool_size)
-        # Uploads being read are held in memory (up to max_upload_bytes per file): at most twice the inference
-        # slots read at once, so the next requests are ready when a slot frees while memory stays bounded at
-        # about 2 * thread_pool_size * len(UPLOAD_FIELDS) * max_upload_bytes; the rest wait before reading.
-        self.upload_limiter = anyio.CapacityLimiter(settings.thread_pool_size * 2)
+        # Hashing, decoding and preprocessing run in worker threads, at most thread_pool_size at once; memory is
+        # bounded by the budgets (bytes of uploads and of decoded pixels in flight), not by a count of requests.
+        self.workers = anyio.CapacityLimiter(settings.thread_pool_size)
+        self.budgets = ServiceBudgets.from_settings(settings, len(UPLOAD_FIELDS))
+        # The lambda reads self.classifier at call time: the model may load after the app is built.
+        self.batcher = DynamicBatcher.from_settings(settings, lambda x: self.classifier.infer(x), breaker=self.breaker)
+        self._pipeline: PredictPipeline | None = None
         self.metrics = ServiceMetrics(
             MetricSources(
                 cache_stats=self.cache_stats,
                 breakers=lambda: [self.breaker],
                 memory_rss_bytes=lambda: self.memory_monitor.get_current_usage().rss_mb * 1024 * 1024,
                 model_loaded=lambda: self.classifier is not None,
+                budgets=self.budgets.stats,
+                batching=self.batcher.stats,
             )
         )
 
@@ -115,6 +128,13 @@ class ServiceState:
             raise ApiError(503, "E_MODEL_UNAVAILABLE", f"The model {why}.", headers={"Retry-After": "5"})
         return self.classifier
 
+    def pipeline(self) -> PredictPipeline:
+        """The ``/predict`` stages for the loaded classifier (made on first use, again if the classifier changed)."""
+        classifier = self.require_classifier()
+        if self._pipeline is None or self._pipeline.classifier is not classifier:
+            self._pipeline = PredictPipeline(classifier, self.batcher, self.budgets, workers=self.workers)
+        return self._pipeline
+
     async def load_classifier(self) -> None:
         """Load the classifier from the configured checkpoint in a worker thread."""
         self.loading = True
@@ -137,11 +157,23 @@ class ServiceState:
         finally:
             self.loading = False
 
+    def fresh_pressure_check(self) -> None:
+        """Check memory pressure again unless the last check is under ``HEALTH_MAX_AGE_S`` old (responders may run)."""
+        monitor = self.memory_monitor
+        last = getattr(monitor, "last_check", None)
+        if last is None or time.time() - float(last.get("time", 0.0)) > HEALTH_MAX_AGE_S:
+            monitor.check_memory_pressure()
+
+    def service_stats(self) -> dict[str, Any]:
+        """The budgets in use and the batching figures (for /health)."""
+        return {"budgets": self.budgets.stats(), "batching": self.batcher.stats()}
+
     def health(self, *, full: bool = False) -> dict[str, Any]:
         """The health report of this service; ``full`` adds the whole model status (path cut to its name)."""
         from amulet_lab.health import build_health_report, public_model_status, redact_path
         from amulet_lab.threads import get_stats as thread_stats
 
+        self.fresh_pressure_check()
         status = self.model_status()
         return build_health_report(
             model_status=redact_path(status) if full else public_model_status(status),
@@ -150,10 +182,11 @@ class ServiceState:
             memory_monitor=self.memory_monitor,
             cache_stats=self.cache_stats,
             thread_stats=thread_stats,
+            service_stats=self.service_stats(),
         )
 
     def __repr__(self) -> str:
-        return f"<ServiceState model_loaded={self.classifier is not None} {self.limiter!r}>"
+        return f"<ServiceState model_loaded={self.classifier is not None} {self.limiter!r} {self.batcher!r}>"
 
 
 def _require_scope(request: Request, state: ServiceState, scope: str) -> None:
@@ -193,73 +226,74 @@ def create_app(
         if state.classifier is None:
             state.loading = True  # ready stays 503 from the first request on, until the task finishes
             task = asyncio.create_task(state.load_classifier())
+        monitor = state.memory_monitor
+        sampling = not monitor.running
+        if sampling:  # pressure is sampled in the background, so responders act without anyone asking /health
+            monitor.start(interval_s=MEMORY_SAMPLE_S)
+        responder = monitor.register_responder(_prediction_cache_responder(state))
         try:
             yield
         finally:
             if task is not None and not task.done():
                 task.cancel()
+            monitor.unregister_responder(responder)
+            if sampling:
+                monitor.stop(timeout=5.0)
+            state.batcher.close()
 
+    show_openapi = settings.debug or settings.openapi
     app = FastAPI(
         title="amulet-lab",
         version=_version(),
         lifespan=lifespan,
-        docs_url="/docs" if settings.debug else None,
+        docs_url="/docs" if show_openapi else None,
         redoc_url=None,
-        openapi_url="/openapi.json" if settings.debug else None,
+        openapi_url="/openapi.json" if show_openapi else None,
     )
     app.state.service = state
     install_error_handlers(app)
+    install_openapi(app)
     app.add_middleware(ServiceMiddleware, state=state, wall=wall)
 
-    @app.post("/predict")
-    async def predict(request: Request, top_k: int = Query(3, ge=1, le=20)) -> JSONResponse:
+    @app.post(
+        "/predict",
+        openapi_extra={"requestBody": PREDICT_BODY},
+        responses={200: {"description": "The prediction of each side and the combined one",
+                         "content": {"application/json": {"schema": PAIR_SCHEMA}}}},
+    )
+    async def predict(
+        request: Request,
+        top_k: int = Query(3, ge=1, le=20, description="How many classes to list per side"),
+        # scene: the `scene` query parameter arrives with "Photos as people take them"; declare it here (FastAPI
+        # then documents it with top_k) and hand it to state.pipeline().predict(..., scene=scene).
+    ) -> JSONResponse:
         """Classify the uploaded front (and optional back) photo."""
         _require_scope(request, state, "predict")
-        async with state.upload_limiter:
+        lease = UploadLease(state.budgets.uploads)
+        try:
             parts = await read_uploads(
                 request.stream(),
                 request.headers,
                 fields=UPLOAD_FIELDS,
                 required=("front",),
                 max_upload_bytes=settings.max_upload_bytes,
+                idle_timeout_s=settings.upload_idle_timeout_s,
+                deadline_s=settings.upload_timeout_s,
+                lease=lease,
             )
-        classifier = state.require_classifier()
-
-        def guarded() -> tuple[Any, Exception | None]:
-            # One decode per new photo: the classifier hashes the bytes, answers a repeated photo from its
-            # prediction cache without decoding, and validates + decodes a new one once (the upload size limit
-            # came first, in read_uploads). A bad photo is the client's fault, not the model's: it is handed
-            # out as a value, so the breaker sees a success and bad uploads cannot open the circuit.
-            try:
-                sides = {}
-                for name, upload in parts.items():
-                    try:
-                        sides[name] = classifier.predict(upload.data, top_k=top_k)
-                    except (ValidationError, SecurityError, ProcessingError) as exc:
-                        exc.context.setdefault("upload", name)  # which of the two files was refused
-                        raise
-                return classifier.combine(sides["front"], sides.get("back"), top_k=top_k), None
-            except (ValidationError, SecurityError) as exc:
-                return None, exc
-            except ProcessingError as exc:
-                if exc.stage == "decode":
-                    return None, exc
-                raise
-
-        def infer() -> tuple[Any, Exception | None]:
-            return state.breaker.call(guarded)
-
-        pair, client_error = await anyio.to_thread.run_sync(infer, limiter=state.inference_limiter)
-        if client_error is not None:
-            raise client_error
+            pipeline = state.pipeline()
+            pair, batches = await pipeline.predict({name: part.data for name, part in parts.items()}, top_k=top_k)
+        finally:
+            lease.release()
         body = pair.to_dict()
         body["request_id"] = request.state.request_id
         body["cache"] = pair.combined.cache
         body["uploads"] = {name: side.source for name, side in (("front", pair.front), ("back", pair.back))
                            if side is not None}
+        body["batch"] = batches
         return JSONResponse(body)
 
-    @app.get("/health")
+    @app.get("/health", responses={200: {"description": "The health report (amulet_lab.health.HEALTH_SCHEMA)"}})
     async def health(request: Request) -> JSONResponse:
         """The health report (status inside; 200 whenever the process can answer).
 
@@ -271,12 +305,12 @@ def create_app(
 
     @app.get("/health/live")
     async def live() -> dict[str, str]:
-        """Liveness: the event loop answers."""
+        """Liveness: the event loop answers (no rate limit, no auth)."""
         return {"status": "alive"}
 
     @app.get("/health/ready")
     async def ready() -> JSONResponse:
-        """Readiness: 200 once the model is loaded."""
+        """Readiness: 200 once the model is loaded (no rate limit, no auth)."""
         if state.classifier is None:
             status = state.model_status()
             raise ApiError(
@@ -288,13 +322,33 @@ def create_app(
             )
         return JSONResponse({"status": "ready"})
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse,
+             responses={200: {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}})
     async def metrics(request: Request) -> Response:
         """Prometheus metrics of this app."""
         _require_scope(request, state, "metrics")
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+class _LoadedCache:
+    """The classifier's prediction cache as it is when pressure rises (the model may load after the app starts)."""
+
+    def __init__(self, state: ServiceState) -> None:
+        self.state = state
+
+    def shrink(self, fraction: float) -> int:
+        """Drop ``fraction`` of the prediction cache's answers (0 while no model or no cache)."""
+        cache = getattr(self.state.classifier, "cache", None)
+        return int(cache.shrink(fraction)) if cache is not None else 0
+
+
+def _prediction_cache_responder(state: ServiceState) -> Any:
+    """Under memory pressure the prediction cache shrinks too (the process monitor knows only the image cache)."""
+    from amulet_lab.memory import shrink_caches_responder
+
+    return shrink_caches_responder([_LoadedCache(state)], state.settings.cache_shrink_fraction)
 
 
 def _version() -> str:

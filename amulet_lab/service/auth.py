@@ -2,7 +2,8 @@
 
 A token carries ``sub``, ``iat``, ``exp``, ``iss``, ``aud`` and ``scope`` (space-separated,
 by default ``"predict metrics"``). Verification insists on all of them, on HS256 only
-(an ``alg: none`` or RS256 token is refused) and on the configured issuer and audience.
+(an ``alg: none`` or RS256 token is refused), on the configured issuer and audience, and on a lifetime
+within ``AMULET_TOKEN_MAX_TTL_S`` (a token issued elsewhere with ``exp`` far in the future is refused).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ __all__ = ["Claims", "issue_token", "verify_token", "bearer_token", "DEFAULT_SCO
 ALGORITHM = "HS256"
 DEFAULT_SCOPES: tuple[str, ...] = ("predict", "metrics")
 _LEEWAY_S = 5.0  # clock skew tolerated between issuer and service
+_MAX_TOKEN_CHARS = 8192  # a real token is a few hundred characters; the header cap bounds it anyway
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +50,9 @@ def issue_token(
     settings = settings or get_settings()
     if not isinstance(subject, str) or not subject.strip() or len(subject) > 200:
         raise ValidationError("subject must be a non-empty string of at most 200 characters.", field="subject", value=subject)
-    if not isinstance(ttl_s, (int, float)) or not 0 < ttl_s <= 366 * 86400:
-        raise ValidationError("ttl_s must be between 0 and one year (seconds).", field="ttl_s", value=ttl_s)
+    if isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float)) or not 0 < ttl_s <= settings.token_max_ttl_s:
+        raise ValidationError(f"ttl_s must be in (0, {settings.token_max_ttl_s:g}] seconds (AMULET_TOKEN_MAX_TTL_S).",
+                              field="ttl_s", value=ttl_s)
     scope_list = sorted({str(s) for s in scopes})
     issued = now()
     payload = {
@@ -63,9 +66,11 @@ def issue_token(
     return jwt.encode(payload, settings.require_secret_key(), algorithm=ALGORITHM)
 
 
-def verify_token(token: str, settings: Settings | None = None) -> Claims:
+def verify_token(token: str, settings: Settings | None = None, *, now: Callable[[], float] = time.time) -> Claims:
     """The claims of a valid token; ``SecurityError`` (E_AUTH_EXPIRED / E_AUTH_INVALID) otherwise."""
     settings = settings or get_settings()
+    if not isinstance(token, str) or len(token) > _MAX_TOKEN_CHARS:
+        raise SecurityError("The token is not valid (too long).", code="E_AUTH_INVALID", severity="medium")
     try:
         payload = jwt.decode(
             token,
@@ -87,6 +92,14 @@ def verify_token(token: str, settings: Settings | None = None) -> Claims:
     except jwt.InvalidTokenError as exc:
         # Malformed, missing claims, wrong algorithm ...: name the kind, not the token.
         raise SecurityError(f"The token is not valid ({type(exc).__name__}).", code="E_AUTH_INVALID", severity="medium") from None
+    exp, iat = payload.get("exp"), payload.get("iat")
+    if not isinstance(exp, (int, float)) or not isinstance(iat, (int, float)) or isinstance(exp, bool):
+        raise SecurityError("The token's exp and iat must be numbers.", code="E_AUTH_INVALID", severity="medium")
+    limit = settings.token_max_ttl_s + _LEEWAY_S
+    if exp - iat > limit or exp - now() > limit or iat - now() > _LEEWAY_S:
+        raise SecurityError(
+            f"The token lives longer than this service accepts ({settings.token_max_ttl_s:g} s) or was issued in the "
+            "future.", code="E_AUTH_INVALID", severity="medium")
     subject = payload.get("sub")
     if not isinstance(subject, str) or not subject:
         raise SecurityError("The token has no subject.", code="E_AUTH_INVALID", severity="medium")

@@ -30,6 +30,8 @@ class MetricSources:
     breakers: Callable[[], Iterable[Any]] | None = None
     memory_rss_bytes: Callable[[], float] | None = None
     model_loaded: Callable[[], bool] | None = None
+    budgets: Callable[[], dict[str, Any]] | None = None  # ServiceBudgets.stats
+    batching: Callable[[], dict[str, Any]] | None = None  # DynamicBatcher.stats
 
 
 class _LiveCollector(Collector):
@@ -68,6 +70,28 @@ class _LiveCollector(Collector):
             loaded = GaugeMetricFamily("amulet_model_loaded", "1 once the classifier is loaded.")
             loaded.add_metric([], 1.0 if src.model_loaded() else 0.0)
             yield loaded
+        if src.budgets is not None:
+            budgets = src.budgets()
+            for name, help_text in (("upload_bytes", "Bytes of request bodies in flight (upload budget)."),
+                                    ("pixel_bytes", "Bytes of decoded pixels in flight (pixel budget).")):
+                part = budgets.get(name) or {}
+                gauge = GaugeMetricFamily(f"amulet_budget_{name}", help_text, labels=["state"])
+                for key in ("in_use", "capacity", "peak", "waiting"):
+                    gauge.add_metric([key], float(part.get(key, 0)))
+                yield gauge
+                refused = CounterMetricFamily(f"amulet_budget_{name}_refused", f"Requests refused by the {name} budget "
+                                              "(timeouts and never-fits).")
+                refused.add_metric([], float(part.get("timeouts", 0) + part.get("refused", 0)))
+                yield refused
+        if src.batching is not None:
+            stats = src.batching()
+            batches = CounterMetricFamily("amulet_batches", "Batched forward passes run.")
+            batches.add_metric([], float(stats.get("batches", 0)))
+            rows = CounterMetricFamily("amulet_batched_photos", "Photos inferred in batched forward passes.")
+            rows.add_metric([], float(stats.get("items", 0)))
+            mean = GaugeMetricFamily("amulet_batch_size_mean", "Mean photos per forward pass since start.")
+            mean.add_metric([], float(stats.get("mean_batch_size", 0.0)))
+            yield from (batches, rows, mean)
 
 
 class ServiceMetrics:

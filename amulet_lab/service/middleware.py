@@ -23,7 +23,12 @@ from amulet_lab.service.auth import bearer_token, verify_token
 from amulet_lab.service.errors import error_response
 from amulet_lab.service.ratelimit import client_key
 
-__all__ = ["ServiceMiddleware", "SECURITY_HEADERS"]
+__all__ = ["ServiceMiddleware", "SECURITY_HEADERS", "PROBE_PATHS"]
+
+#: Probes an orchestrator polls: never rate-limited and never auth-checked (a bad Authorization header is
+#: ignored there), so a busy client or a stale token cannot make a healthy replica look dead. Their
+#: X-RateLimit-* headers show the caller's bucket without taking from it.
+PROBE_PATHS = frozenset({"/health/live", "/health/ready"})
 
 log = logging.getLogger("amulet_lab.service")
 
@@ -68,21 +73,25 @@ class ServiceMiddleware:
         req_state["request_id"] = request_id
 
         # Auth first: the rate-limit bucket is the token's subject when there is a valid one.
+        probe = scope.get("path") in PROBE_PATHS
         auth_error: SecurityError | None = None
         claims = None
-        try:
-            token = bearer_token(headers.get("authorization"))
-            if token is not None:
-                claims = verify_token(token, st.settings)
-        except SecurityError as exc:
-            auth_error = exc
+        if not probe:
+            try:
+                token = bearer_token(headers.get("authorization"))
+                if token is not None:
+                    claims = verify_token(token, st.settings)
+            except SecurityError as exc:
+                auth_error = exc
         req_state["claims"] = claims
         peer = scope.get("client")[0] if scope.get("client") else None
         key = client_key(
             claims.subject if claims else None, peer, headers, trust_forwarded_for=st.settings.trust_forwarded_for
         )
-        decision = st.limiter.hit(key)
+        decision = st.limiter.peek(key) if probe else st.limiter.hit(key)
         extra = {"X-Request-ID": request_id, **SECURITY_HEADERS, **decision.headers(self.wall())}
+        if probe:
+            extra.pop("Retry-After", None)  # a probe is never refused
         drop = {k.lower() for k in extra}
         status_box = [500]
         response_started = [False]
@@ -97,7 +106,7 @@ class ServiceMiddleware:
             await send(message)
 
         try:
-            if not decision.allowed:
+            if not decision.allowed and not probe:
                 response = error_response(
                     429,
                     "E_RATE_LIMITED",

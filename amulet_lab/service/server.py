@@ -33,15 +33,43 @@ def check_bind(host: str, port: int) -> None:
         raise ValidationError("port must be an int in 0..65535", field="port", value=repr(port)[:80])
 
 
-def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "warning") -> uvicorn.Config:
-    """The uvicorn config the service runs with."""
+#: Most bytes of a request line plus headers (h11 answers more with 431, in the envelope).
+MAX_HEADER_BYTES = 16 * 1024
+#: Seconds an idle keep-alive connection stays open between requests.
+KEEP_ALIVE_S = 5
+
+
+def _service_settings(app: Any) -> Settings | None:
+    state = getattr(getattr(app, "state", None), "service", None)
+    return getattr(state, "settings", None)
+
+
+def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "warning",
+                   settings: Settings | None = None) -> uvicorn.Config:
+    """The uvicorn config the service runs with (limits from ``settings``, else the app's own, else the defaults).
+
+    h11 with ``service.protocol.envelope_protocol``: errors raised before the app (bad Content-Length,
+    headers over ``MAX_HEADER_BYTES``) are answered in the envelope; at most AMULET_MAX_CONNECTIONS open
+    connections; a request head must arrive within AMULET_UPLOAD_IDLE_TIMEOUT_S; keep-alive ``KEEP_ALIVE_S``.
+    """
+    from amulet_lab.service.protocol import envelope_protocol
+
     check_bind(host, port)
+    settings = settings or _service_settings(app) or Settings()
+    protocol = envelope_protocol(max_connections=settings.max_connections,
+                                 head_timeout_s=settings.upload_idle_timeout_s)
     return uvicorn.Config(
         app,
         host=host,
         port=port,
         log_level=log_level.lower(),
         lifespan="on",
+        http=protocol,
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+        timeout_keep_alive=KEEP_ALIVE_S,
+        # uvicorn's own cap answers in plain text; ours (in the protocol) answers in the envelope first.
+        limit_concurrency=settings.max_connections + 64,
+        backlog=min(4096, max(128, settings.max_connections)),
         # The app decides whether X-Forwarded-For is trusted (settings.trust_forwarded_for); uvicorn's own
         # proxy handling would otherwise rewrite the client address for every request from 127.0.0.1.
         proxy_headers=False,
@@ -57,7 +85,7 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None
 
     check_bind(host, port)  # a bad address is refused before the model starts loading
     app = create_app(settings)  # refuses a missing secret key before anything binds
-    uvicorn.Server(uvicorn_config(app, host, port, log_level=settings.log_level)).run()
+    uvicorn.Server(uvicorn_config(app, host, port, log_level=settings.log_level, settings=settings)).run()
 
 
 def free_port(host: str = "127.0.0.1") -> int:

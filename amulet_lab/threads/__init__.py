@@ -1,4 +1,4 @@
-"""Thread safety: safe containers, an atomic counter, named locks that name their holder, pools.
+"""Thread safety: safe containers, an atomic counter, named locks that name their holder, pools, budgets.
 
 Nothing here starts a thread at import; pools start their workers when first given work.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from amulet_lab.threads._budget import WeightedSemaphore
 from amulet_lab.threads._locks import (
     KINDS,
     LockManager,
@@ -27,6 +28,7 @@ __all__ = [
     "ThreadPoolManager",
     "ThreadSafeDict",
     "ThreadSafeQueue",
+    "WeightedSemaphore",
     "async_named_lock",
     "get_lock_manager",
     "get_stats",

@@ -34,7 +34,8 @@ async def aserve_http(
 ) -> Served:
     """Issue ``POST {url}/predict`` (multipart ``front``) at ``arrivals`` through one ``HttpPool``.
 
-    One task per query, started at its scheduled time; latency runs from the scheduled time to the
+    ``Served.sizes`` holds, per query, the size of the service's batched forward pass it went through
+    (0 when answered from the prediction cache). One task per query, started at its scheduled time; latency runs from the scheduled time to the
     answer, as in ``_serve``. A 429 counts the query as refused and every later query waits out the
     ``Retry-After`` (its latency still runs from its own schedule); any other failure ends the run.
     """
@@ -49,6 +50,8 @@ async def aserve_http(
     preds: list[Any] = [None] * len(arrivals)
     loop = asyncio.get_running_loop()
     backoff = {"until": 0.0, "refused": 0}
+    # The size of the forward pass each answer's front went through (0: answered from the cache).
+    sizes: list[int] = [0] * len(arrivals)
 
     async def one(pool: Any, bar: Any, i: int, due: float) -> None:
         await asyncio.sleep(max(0.0, due - loop.time()))
@@ -68,6 +71,8 @@ async def aserve_http(
         body = outcome.body
         front = body.get("front", body) if isinstance(body, dict) else {}
         preds[i] = _Remote(timings=dict(front.get("timings") or {}), cache_hit=bool(front.get("cache_hit", False)))
+        size = (body.get("batch") or {}).get("front") if isinstance(body, dict) else None
+        sizes[i] = size if isinstance(size, int) else 1
 
     # Connection failures and timeouts are retried (briefly: a retried query still counts its full latency);
     # a breaker stops the run fast when the service is down instead of queueing every query on a dead host.
@@ -89,7 +94,7 @@ async def aserve_http(
                 code = first.code if isinstance(first, AmuletError) else "E_BENCH_HTTP"
                 raise ProcessingError(f"server run against {endpoint} failed: {first}", stage="http", code=code) from failed
             wall = loop.time() - start
-    return Served(latencies, preds, [1] * len(arrivals), wall, backoff["refused"])
+    return Served(latencies, preds, sizes, wall, backoff["refused"])
 
 
 @dataclasses.dataclass

@@ -166,10 +166,22 @@ def _server_result(plan: _ServerPlan, served: Served) -> ScenarioResult:
         "queries": float(n),
         "refused": float(served.refused),
         **stage_metrics(stages),
-        "avg_batch_size": statistics.fmean(served.sizes) if served.sizes else float("nan"),
+        "avg_batch_size": _mean_batch_size(served.sizes, remote=plan.params.get("url") is not None),
     }
     return ScenarioResult("server", dict(plan.params), metrics, stages, metrics["avg_batch_size"],
                           latencies_ms=answered)
+
+
+def _mean_batch_size(sizes: list[int], *, remote: bool) -> float:
+    """Queries per forward pass: in process, the mean over batches; against a service, from each answer's batch size.
+
+    A service answer names the size ``b`` of the pass its photo went through, so each query is ``1/b`` of a
+    pass: passes = sum(1/b) and the mean is their harmonic mean (answers from the cache, size 0, left out).
+    """
+    if not remote:
+        return statistics.fmean(sizes) if sizes else float("nan")
+    inferred = [b for b in sizes if b > 0]
+    return len(inferred) / sum(1.0 / b for b in inferred) if inferred else float("nan")
 
 
 def server(
