@@ -362,7 +362,12 @@ class AmuletClassifier:
 
     def _run_overlapped(self, items: list[Any], keys: list[str | None], todo: list[int],
                         answers: list[Answer | None], timings: list[dict[str, float]], batch_size: int) -> None:
-        """Decode ``todo`` in a bounded pool while the calling thread infers full batches; fill ``answers``."""
+        """Decode ``todo`` in a bounded pool while the calling thread infers; fill ``answers``.
+
+        The forward pass never waits for a full batch: it takes the next photo (waiting for it if need be) and
+        every photo after it that is already decoded, up to ``batch_size``, so the model is busy from the first
+        decoded photo on while the pool decodes ahead (at most ``2 * batch_size`` photos).
+        """
         if not todo:
             return
         from amulet_lab.threads import get_thread_pool_manager
@@ -380,18 +385,17 @@ class AmuletClassifier:
                     return
                 queue.append((i, manager.submit("decode", self._load, items[i], keys[i])))
 
-        batch: list[tuple[int, torch.Tensor, Any]] = []
         try:
             refill()
             while queue:
-                i, future = queue.popleft()
-                x, decoded, decode_ms, prep_ms = future.result()
+                batch: list[tuple[int, torch.Tensor, Any]] = []
+                while queue and len(batch) < batch_size and (not batch or queue[0][1].done()):
+                    i, future = queue.popleft()
+                    x, decoded, decode_ms, prep_ms = future.result()  # the first one may wait; the rest are done
+                    timings[i].update(decode=decode_ms, preprocess=prep_ms)
+                    batch.append((i, x, decoded))
                 refill()
-                timings[i].update(decode=decode_ms, preprocess=prep_ms)
-                batch.append((i, x, decoded))
-                if len(batch) == batch_size or not queue:
-                    self._infer_batch(batch, keys, answers, timings)
-                    batch = []
+                self._infer_batch(batch, keys, answers, timings)
         finally:
             for _, future in queue:
                 future.cancel()
