@@ -43,7 +43,7 @@ def test_openapi_is_served_only_when_asked(tiny_checkpoint):
     predict = schema["paths"]["/predict"]["post"]
     body = predict["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert body["required"] == ["front"] and set(body["properties"]) == {"front", "back"}
-    assert [p["name"] for p in predict["parameters"]] == ["top_k"]  # scene comes with its own issue
+    assert [p["name"] for p in predict["parameters"]] == ["top_k", "scene"]
     assert {"200", "400", "401", "403", "408", "413", "415", "422", "429", "431", "500", "503"} <= set(predict["responses"])
     assert predict["responses"]["415"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorEnvelope"}
     assert set(schema["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == {"text/plain"}

@@ -91,6 +91,8 @@ def _predict(args: argparse.Namespace, settings: Any) -> int:
 
     _threads(settings)
     clf = AmuletClassifier.from_settings(settings, args.checkpoint)
+    if args.scene:
+        return _print_scenes(clf, args)
     if args.back:
         if len(args.images) != 1:
             from amulet_lab.errors import ValidationError
@@ -135,6 +137,27 @@ def within_budget(budget_mb: float | None) -> Any:
         raise MemoryBudgetExceeded(f"this process already holds {rss_mb:.0f} MB, over AMULET_MEMORY_BUDGET_MB="
                                    f"{budget_mb:g}; raise the budget", peak_mb=rss_mb, budget_mb=budget_mb)
     return memory_limit_context(budget_mb - rss_mb)
+
+
+def _print_scenes(clf: Any, args: argparse.Namespace) -> int:
+    """``predict --scene``: every piece of each photo with its box, turn and answer (or JSON)."""
+    from amulet_lab.errors import ValidationError
+    from amulet_lab.model.prediction import UNKNOWN_TEXT
+
+    if args.back:
+        raise ValidationError("--scene classifies the pieces of each photo: --back does not apply", field="back",
+                              value=args.back, code="E_SCENE_BACK")
+    scenes = [(image, clf.predict_scene(image, top_k=args.top_k)) for image in args.images]
+    if args.json:
+        print(json.dumps([{"image": image, **s.to_dict()} for image, s in scenes], ensure_ascii=False, indent=1))
+        return 0
+    for image, s in scenes:
+        print(f"{image}: {s.answer} ({len(s.pieces)} piece(s), {s.timings['total']:.0f} ms)")
+        for i, piece in enumerate(s.pieces, 1):
+            p = piece.prediction
+            what = UNKNOWN_TEXT if p.is_unknown else f"{p.label} {p.thai_name} {p.confidence:.3f} [{p.confidence_band}]"
+            print(f"    piece {i}: box {piece.box}, turned {piece.rotation} deg: {what}")
+    return 0
 
 
 def _model_card(args: argparse.Namespace, settings: Any) -> int:
@@ -218,4 +241,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--back", help="the back side of the (single) IMAGE: classify the pair")
     p.add_argument("--top-k", type=int, default=3, dest="top_k")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--scene", action="store_true",
+                   help="find every amulet in each photo: each piece with its box, turn and answer")
     p.set_defaults(func=_predict)

@@ -433,6 +433,12 @@ class AmuletClassifier:
         f = self.predict(front, top_k=top_k)
         return self.combine(f, None if back is None else self.predict(back, top_k=top_k), top_k=top_k)
 
+    def predict_scene(self, image: Any, *, top_k: int = 3) -> Any:
+        """Every amulet in a photo found, turned upright and classified: a ``model.scenes.ScenePrediction``."""
+        from amulet_lab.model.scenes import predict_scene
+
+        return predict_scene(self, image, top_k=top_k)
+
     # -- status ---------------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         """Predictions, errors and decodes so far, and the prediction cache's figures."""

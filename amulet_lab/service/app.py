@@ -264,8 +264,8 @@ def create_app(
     async def predict(
         request: Request,
         top_k: int = Query(3, ge=1, le=20, description="How many classes to list per side"),
-        # scene: the `scene` query parameter arrives with "Photos as people take them"; declare it here (FastAPI
-        # then documents it with top_k) and hand it to state.pipeline().predict(..., scene=scene).
+        scene: bool = Query(False, description="Find every amulet in the front photo: pieces with box, rotation "
+                                               "and prediction (a back is then refused)"),
     ) -> JSONResponse:
         """Classify the uploaded front (and optional back) photo."""
         _require_scope(request, state, "predict")
@@ -282,6 +282,12 @@ def create_app(
                 lease=lease,
             )
             pipeline = state.pipeline()
+            if scene:
+                if "back" in parts:
+                    raise ApiError(400, "E_SCENE_BACK", "scene=true classifies the pieces of one photo: send only "
+                                   "the front.", details={"upload": "back"})
+                found = await pipeline.scene(parts["front"].data, top_k=top_k)
+                return JSONResponse({**found.to_dict(), "request_id": request.state.request_id})
             pair, batches = await pipeline.predict({name: part.data for name, part in parts.items()}, top_k=top_k)
         finally:
             lease.release()

@@ -63,6 +63,30 @@ class PredictPipeline:
         pair = self.classifier.combine(front.prediction, back.prediction if back else None, top_k=top_k)
         return pair, {name: side.batch_size for name, side in by_name.items()}
 
+    async def scene(self, data: bytes | bytearray, *, top_k: int) -> Any:
+        """Every amulet in one photo (``classifier.predict_scene``), in a worker, within the pixel budget.
+
+        What is reserved: the header's pixels at the finder's and the crops' reduced scales counted as a full
+        decode at the crops' scale (an upper bound: the finder's copy is smaller).
+        """
+        from amulet_lab.model.scenes import CROP_SIDE
+
+        limits = self.classifier.limits
+        weight = decoded_bytes(data, draft_size=CROP_SIDE, max_side=limits.max_image_side,
+                               max_pixels=limits.max_image_pixels)
+        pixels = self.budgets.pixels
+        try:
+            await pixels.aacquire(weight, timeout=self.budgets.pixel_wait_s)
+        except LockTimeoutError as exc:
+            raise ApiError(503, "E_PIXEL_BUDGET", "The service is decoding too many photos at once; try again "
+                           "shortly.", details={"upload": "front", "needed_bytes": weight},
+                           headers={"Retry-After": "2"}) from None
+        try:
+            return await anyio.to_thread.run_sync(lambda: self.classifier.predict_scene(data, top_k=top_k),
+                                                  limiter=self.workers)
+        finally:
+            pixels.release(weight)
+
     # -- one side --------------------------------------------------------------------------------------
     async def _side(self, name: str, data: bytes | bytearray, top_k: int) -> SideAnswer:
         clf = self.classifier

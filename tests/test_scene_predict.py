@@ -1,0 +1,107 @@
+"""``AmuletClassifier.predict_scene``: every piece of a photo found, turned upright and classified; CLI and service."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from amulet_lab.data import make_composite, synthetic_sources
+from amulet_lab.errors import ValidationError
+from amulet_lab.model import AmuletClassifier
+from amulet_lab.model.bundled import SYNTHETIC_CHECKPOINT
+from amulet_lab.perf import PerformanceMonitor
+
+
+@pytest.fixture(scope="module")
+def clf():
+    return AmuletClassifier.from_checkpoint(SYNTHETIC_CHECKPOINT, cache=False, monitor=PerformanceMonitor())
+
+
+@pytest.fixture(scope="module")
+def sources():
+    return synthetic_sources(2, seed=1)
+
+
+def _iou(a, b) -> float:
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    area = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / area if area else 0.0
+
+
+def test_each_piece_of_a_composite_gets_a_box_a_turn_and_an_answer(clf, sources):
+    scene = make_composite(sources, seed=3, index=0)
+    found = clf.predict_scene(scene.data)
+    assert found.size == scene.upright.size and 1 <= len(found.pieces) <= 6
+    matched = sum(any(_iou(p.box, t.box) >= 0.5 for p in found.pieces) for t in scene.pieces)
+    assert matched >= len(scene.pieces) - 1, (matched, len(scene.pieces))
+    for piece in found.pieces:
+        assert piece.rotation in (0, 90, 180, 270) and all(isinstance(v, int) for v in piece.box)
+        assert piece.prediction.label and (piece.prediction.confidence_band == "unknown") == piece.prediction.is_unknown
+    body = json.loads(json.dumps(found.to_dict()))
+    assert len(body["pieces"]) == len(found.pieces) and {"box", "rotation", "label", "confidence_band"} <= set(
+        body["pieces"][0])
+    assert set(found.timings) == {"find", "decode", "classify", "total"}
+    assert found.is_unknown == (found.label is None)
+    assert "piece(s)" in repr(found) and "<table>" in found._repr_html_()
+
+
+def test_heic_photo_and_a_photo_with_no_amulet(clf, sources):
+    heic = make_composite(sources, seed=11, index=1, fmt="HEIF", n_pieces=2)
+    assert heic.format == "HEIF" and len(clf.predict_scene(heic.data).pieces) >= 1
+    empty = make_composite(sources, seed=7, index=0, n_pieces=0)
+    none = clf.predict_scene(empty.data)
+    assert none.pieces == [] and none.is_unknown and none.label is None
+    assert none.answer == "no amulet found in the photo"
+
+
+def test_a_bad_file_gets_the_decoders_code(clf):
+    with pytest.raises(ValidationError) as err:
+        clf.predict_scene(b"not an image at all")
+    assert err.value.code == "E_IMAGE_SIGNATURE"
+    with pytest.raises(ValidationError):
+        clf.predict_scene(None)
+    with pytest.raises(ValidationError):
+        clf.predict_scene(make_composite([], seed=1, n_pieces=0).data, top_k=0)
+
+
+def test_a_tight_crop_gets_exactly_predicts_answer(clf, sources):
+    """A photo that is already a tight crop is one piece, classified whole: the same answer as ``predict``."""
+    from PIL import Image
+
+    piece = sources[0]
+    box = (60, 14, 180, 214)  # the piece of a 224 px synthetic render fills most of this
+    buf = io.BytesIO()
+    piece.image.crop(box).save(buf, "JPEG", quality=92)
+    tight = buf.getvalue()
+    found = clf.predict_scene(tight)
+    assert len(found.pieces) == 1 and found.pieces[0].rotation == 0
+    assert found.pieces[0].prediction.probabilities == clf.predict(tight).probabilities
+    assert Image.open(io.BytesIO(tight)).size == found.size
+
+
+def test_cli_and_service_answer_with_the_pieces(clf, sources, tmp_path, capsys, settings):
+    from fastapi.testclient import TestClient
+
+    from amulet_lab.cli import main
+    from amulet_lab.service import create_app
+
+    scene = make_composite(sources, seed=3, index=0)
+    path = tmp_path / "scene.jpg"
+    path.write_bytes(scene.data)
+    assert main(["predict", str(path), "--scene", "--checkpoint", str(SYNTHETIC_CHECKPOINT)]) == 0
+    text = capsys.readouterr().out
+    assert "piece 1: box (" in text and "turned" in text
+    assert main(["predict", str(path), "--scene", "--json", "--checkpoint", str(SYNTHETIC_CHECKPOINT)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed[0]["image"] == str(path) and printed[0]["pieces"] and "box" in printed[0]["pieces"][0]
+    client = TestClient(create_app(settings.replace(debug=True), clf))
+    files = {"front": ("scene.jpg", scene.data, "image/jpeg")}
+    body = client.post("/predict?scene=true", files=files).json()
+    assert body["pieces"] and {"box", "rotation", "label"} <= set(body["pieces"][0]) and body["request_id"]
+    both = {**files, "back": ("b.jpg", scene.data, "image/jpeg")}
+    refused = client.post("/predict?scene=true", files=both)
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "E_SCENE_BACK"
