@@ -90,6 +90,19 @@ VARIABLES: tuple[Variable, ...] = (
              0.001, 1_000_000),
     Variable("rate_limit_burst", "int", 30, "Token bucket size: requests a client may make at once.", 1, 100_000),
     Variable("trust_forwarded_for", "bool", False, "Take the client address from X-Forwarded-For (behind a proxy only)."),
+    # shared tier (Redis/Valkey)
+    Variable("redis_url", "optional_str", None,
+             "Redis or Valkey server of the shared prediction-cache tier and of the redis rate limit, e.g. "
+             "redis://127.0.0.1:6379/0 (empty: off)."),
+    Variable("redis_timeout_ms", "float", 50.0,
+             "Connect and read timeout of one call to the Redis/Valkey server, ms (a slower server is skipped).",
+             1, 10_000),
+    Variable("redis_breaker_timeout_s", "float", 5.0,
+             "Seconds the Redis/Valkey circuit breaker stays open after repeated failures before it probes again.",
+             0.1, 3600),
+    Variable("rate_limit_backend", "choice", "memory",
+             "Where rate-limit buckets live: memory (per process) or redis (one bucket per client across replicas; "
+             "needs AMULET_REDIS_URL; the local bucket while the server is down).", choices=("memory", "redis")),
     Variable("upload_timeout_s", "float", 30.0,
              "Deadline for receiving a whole request body, seconds (then 408).", 0.1, 3600),
     Variable("upload_idle_timeout_s", "float", 10.0,
@@ -212,6 +225,10 @@ class Settings:
     rate_limit_per_minute: float = 120.0
     rate_limit_burst: int = 30
     trust_forwarded_for: bool = False
+    redis_url: str | None = dataclasses.field(default=None, repr=False)  # may hold a password
+    redis_timeout_ms: float = 50.0
+    redis_breaker_timeout_s: float = 5.0
+    rate_limit_backend: str = "memory"
     upload_timeout_s: float = 30.0
     upload_idle_timeout_s: float = 10.0
     max_connections: int = 1024
@@ -239,6 +256,9 @@ class Settings:
                 # An empty audience or issuer makes every token fail verification (a service nobody can use).
                 raise ValidationError(f"AMULET_{name.upper()} must not be empty.", field=f"AMULET_{name.upper()}",
                                       value=getattr(self, name))
+        if self.rate_limit_backend == "redis" and not self.redis_url:
+            raise ValidationError("AMULET_RATE_LIMIT_BACKEND=redis needs AMULET_REDIS_URL (the server holding the "
+                                  "buckets).", field="AMULET_RATE_LIMIT_BACKEND", value=self.rate_limit_backend)
         if self.band_verify is not None and self.band_reliable is not None and self.band_verify >= self.band_reliable:
             raise ValidationError(
                 f"AMULET_BAND_VERIFY must be below AMULET_BAND_RELIABLE (got {self.band_verify} >= {self.band_reliable}).",

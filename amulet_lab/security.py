@@ -166,17 +166,22 @@ def _read_capped(data: ImageInput, limits: ImageLimits, filename: str | None
                 size = path.stat().st_size
             except (FileNotFoundError, NotADirectoryError):
                 raise _refuse(f"image file not found: {path.name}", "E_IMAGE_NOT_FOUND", filename) from None
+            except OSError as exc:
+                raise _refuse(f"cannot read {path.name}: {exc.strerror or exc}", "E_IMAGE_INPUT", filename) from None
             if not path.is_file():
                 raise _refuse(f"not a regular file: {path.name}", "E_IMAGE_NOT_FOUND", filename)
             if size > cap:
                 raise _refuse(f"image is {size} bytes, over the limit of {cap}", "E_IMAGE_TOO_LARGE", filename,
                               nbytes=size, limit=cap)
-            handle = stack.enter_context(path.open("rb"))
-            if size > limits.mmap_threshold:
-                raw = stack.enter_context(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))
-            else:
-                raw = handle.read(cap + 1)  # the file may have grown since stat
-                handle = None
+            try:
+                handle = stack.enter_context(path.open("rb"))
+                if size > limits.mmap_threshold:
+                    raw = stack.enter_context(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))
+                else:
+                    raw = handle.read(cap + 1)  # the file may have grown since stat
+                    handle = None
+            except (OSError, ValueError) as exc:  # no permission; emptied after stat (an empty file cannot be mapped)
+                raise _refuse(f"cannot read {path.name}: {exc}", "E_IMAGE_INPUT", filename) from None
         elif hasattr(data, "read"):
             raw = data.read(cap + 1)
             if not isinstance(raw, bytes):

@@ -419,3 +419,29 @@ def test_the_bundled_real_model_loads_and_classifies_without_the_photos():
         assert abs(sum(p.probabilities.values()) - 1) < 1e-4 and p.distance is not None
         assert (p.confidence_band == "unknown") == p.is_unknown
     assert any(p.is_unknown for p in preds[:3])  # the generated coin, noise and texture are not amulets
+
+
+def test_a_file_rewritten_behind_its_stat_is_refused_not_misread(trained, tmp_path):
+    """Same size and mtime, other bytes: the remembered digest no longer matches what is decoded."""
+    import os
+
+    from amulet_lab.errors import ProcessingError
+
+    def png(colour) -> bytes:  # uncompressed: two colours, the same number of bytes
+        buf = io.BytesIO()
+        Image.new("RGB", (64, 64), colour).save(buf, "PNG", compress_level=0)
+        return buf.getvalue()
+
+    first, other = png((200, 30, 30)), png((30, 30, 200))
+    assert len(first) == len(other) and first != other
+    clf = AmuletClassifier.from_checkpoint(trained[0], cache=False, monitor=PerformanceMonitor())
+    target = tmp_path / "img.png"
+    target.write_bytes(first)
+    os.utime(target, ns=(10**18, 10**18))
+    assert clf.predict(target).label
+    target.write_bytes(other)  # same size ...
+    os.utime(target, ns=(10**18, 10**18))  # ... and the same mtime: the stat cannot tell
+    with pytest.raises(ProcessingError) as err:
+        clf.predict(target)
+    assert err.value.code == "E_FILE_CHANGED"
+    assert clf.predict(target).probabilities == clf.predict(other).probabilities  # forgotten: hashed anew

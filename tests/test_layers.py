@@ -34,6 +34,7 @@ LAYERS: dict[str, int] = {
     "data": 3, "model": 3,
     # 4: benchmarks and the health report
     "bench": 4, "health": 4, "runtime": 4,
+    "batch": 4,  # classifying folders on Dask (the model below it; the CLI and the batch benchmark above or beside)
     # 5: the edges
     "widgets": 5, "service": 5, "cli": 5, "magics": 5, "__main__": 5,
 }
@@ -226,7 +227,13 @@ PUBLIC_ALL: dict[str, list[str]] = {
         "image_paths", "load_images", "memory_scenario", "offline", "percentile", "resize_images", "server",
         "server_search", "single_stream"
     ],
-    "amulet_lab.cache": ["ImageCache", "SWEEP_LIMIT", "TTLCache", "get_image_cache", "peek_image_cache", "sizeof"],
+    "amulet_lab.cache": ["ImageCache", "SWEEP_LIMIT", "SharedStore", "TTLCache", "get_image_cache", "peek_image_cache",
+                         "redact_url", "sizeof"],
+    "amulet_lab.batch": [
+        "BatchResult", "COLUMNS", "SCENE_COLUMNS", "classify", "classify_files", "collect_images", "dask_client",
+        "file_sha256", "load_worker_model", "prepare_worker", "read_rows", "task_size_for", "worker_environ",
+        "worker_model_loads",
+    ],
     "amulet_lab.cli": ["build_parser", "main"],
     "amulet_lab.config": ["PROJECT_ROOT", "Settings", "VARIABLES", "Variable", "get_settings", "load_settings"],
     "amulet_lab.data": [
@@ -270,7 +277,7 @@ PUBLIC_ALL: dict[str, list[str]] = {
     ],
     "amulet_lab.model": [
         "ARCHITECTURES", "AmuletClassifier", "AmuletNet", "Answer", "Checkpoint", "PairPrediction", "Prediction",
-        "PredictionCache", "TrainConfig", "UnknownRule", "build_model", "confidence_band", "cross_validate",
+        "PredictionCache", "SharedAnswers", "TrainConfig", "UnknownRule", "build_model", "confidence_band", "cross_validate",
         "default_checkpoint_path", "evaluate", "fit", "format_metrics", "load_checkpoint", "make_checkpoint",
         "metrics", "save_checkpoint", "train"
     ],

@@ -105,3 +105,13 @@ def test_cli_and_service_answer_with_the_pieces(clf, sources, tmp_path, capsys, 
     both = {**files, "back": ("b.jpg", scene.data, "image/jpeg")}
     refused = client.post("/predict?scene=true", files=both)
     assert refused.status_code == 400 and refused.json()["error"]["code"] == "E_SCENE_BACK"
+
+
+def test_scene_micro_benchmark_quick_has_its_figures():
+    from amulet_lab.bench.micro.scene import run
+
+    result = run(quick=True)
+    assert result.name == "scene" and set(result.targets) == set(result.ratios)
+    for fmt in ("jpeg", "heif"):
+        assert result.figures[f"{fmt}_pieces"] >= 1 and result.figures[f"{fmt}_p95_ms"] >= result.figures[f"{fmt}_p50_ms"]
+        assert result.figures[f"{fmt}_peak_rss_above_idle_mb"] >= 0

@@ -1,4 +1,5 @@
-"""Caches: ``TTLCache`` (bytes- and entry-bounded, per-entry TTL, LRU, stampede-protected) and ``ImageCache``.
+"""Caches: ``TTLCache`` (bytes- and entry-bounded, per-entry TTL, LRU, stampede-protected), ``ImageCache`` and
+``SharedStore`` (bytes on a Redis-protocol server that may be down: short timeouts, a circuit breaker).
 
 Generic: they know no model. Importing this package loads no asyncio, numpy, PIL or torch.
 ``image_cache`` is the process-wide ``ImageCache`` of the design document, created on first use.
@@ -10,9 +11,11 @@ import threading
 from typing import Any
 
 from amulet_lab.cache._image import ImageCache
+from amulet_lab.cache._shared import SharedStore, redact_url
 from amulet_lab.cache._ttl import SWEEP_LIMIT, TTLCache, sizeof
 
-__all__ = ["TTLCache", "ImageCache", "sizeof", "get_image_cache", "peek_image_cache", "SWEEP_LIMIT"]
+__all__ = ["TTLCache", "ImageCache", "SharedStore", "redact_url", "sizeof", "get_image_cache", "peek_image_cache",
+           "SWEEP_LIMIT"]
 
 _image_cache: ImageCache | None = None
 _image_cache_lock = threading.Lock()

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "amulet_lab.cli._model",  # train, evaluate, train-default, predict
     "amulet_lab.cli._bench",  # bench run / compare / micro, report, demo
     "amulet_lab.cli._service",  # serve, token
+    "amulet_lab.cli._batch",  # classify
 )
 
 

@@ -5,7 +5,7 @@ A heavy module (it imports torch): ``import amulet_lab`` does not load it.
 
 from amulet_lab.model.arch import ARCHITECTURES, AmuletNet, build_model
 from amulet_lab.model.checkpoint import Checkpoint, load_checkpoint, make_checkpoint, save_checkpoint
-from amulet_lab.model.answers import Answer, PredictionCache
+from amulet_lab.model.answers import Answer, PredictionCache, SharedAnswers
 from amulet_lab.model.classifier import AmuletClassifier, default_checkpoint_path
 from amulet_lab.model.prediction import PairPrediction, Prediction, confidence_band
 from amulet_lab.model.evaluate import cross_validate, evaluate, format_metrics, metrics
@@ -16,6 +16,7 @@ __all__ = [
     "AmuletClassifier",
     "Answer",
     "PredictionCache",
+    "SharedAnswers",
     "Prediction",
     "PairPrediction",
     "default_checkpoint_path",

@@ -3,7 +3,8 @@
 The way of one photo, each stage a public method (benchmarks and the profiler call them, not copies):
 
     bytes / path -> content_key (SHA-256 of the bytes; a path's digest is remembered per (path, size, mtime))
-                 -> prediction cache (key: model fingerprint + content hash; a hit skips everything below)
+                 -> prediction cache (key: model fingerprint + content hash; local tier, then the shared one
+                    when AMULET_REDIS_URL is set; a hit skips everything below)
                  -> decode      (``security.validate_image``, the one decoder; reduced-scale JPEG decode; once)
                  -> preprocess  (``PreprocessSpec.to_input``, the one preprocessing step)
                  -> infer       (calibrated probabilities, feature distance, unknown decision; under the forward lock)
@@ -26,22 +27,21 @@ from __future__ import annotations
 import collections
 import math
 import os
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
 from amulet_lab.config import PROJECT_ROOT
-from amulet_lab.errors import ModelError, ValidationError, error_context
+from amulet_lab.errors import ModelError, ProcessingError, ValidationError, error_context
 from amulet_lab.images import decode as decode_image
 from amulet_lab.model.answers import Answer, PredictionCache
 from amulet_lab.model.checkpoint import Checkpoint, load_checkpoint
+from amulet_lab.model.keys import ContentKeys
 from amulet_lab.model.prediction import UNKNOWN_BAND, PairPrediction, Prediction, combine_sides, confidence_band
-from amulet_lab.security import ImageLimits, ValidatedImage, content_hash, validate_image
+from amulet_lab.security import ImageLimits, ValidatedImage, validate_image
 
 if TYPE_CHECKING:  # pragma: no cover
     from amulet_lab.config import Settings
@@ -53,8 +53,6 @@ __all__ = ["AmuletClassifier", "default_checkpoint_path", "STAGES"]
 STAGES = ("lookup", "decode", "preprocess", "infer", "postprocess")
 #: (reliable, verify) confidence thresholds when neither the caller nor the checkpoint gives them.
 DEFAULT_BANDS = (0.90, 0.70)
-#: Paths whose content hash is remembered (by path, size and mtime).
-_PATH_KEYS_MAX = 4096
 _BYTES = (bytes, bytearray, memoryview)
 
 
@@ -116,9 +114,9 @@ class AmuletClassifier:
         self.monitor = monitor
         from amulet_lab.threads import AtomicCounter
 
-        self._forward_lock = f"classifier.forward.{self.fingerprint}.{id(self):x}"
-        self._keys_lock = threading.Lock()
-        self._path_keys: collections.OrderedDict[tuple[str, int, int], str] = collections.OrderedDict()
+        # One named lock per model (not per instance: the lock manager keeps every name it was asked for).
+        self._forward_lock = f"classifier.forward.{self.fingerprint}"
+        self._keys = ContentKeys(self.limits.max_upload_bytes)
         self._predictions = AtomicCounter()
         self._errors = AtomicCounter()
         self._decodes = AtomicCounter()
@@ -143,14 +141,16 @@ class AmuletClassifier:
         """The classifier the settings describe (called at the edges: service, CLI, widgets, benchmarks).
 
         Checkpoint ``path`` or AMULET_MODEL_PATH or the bundled one; image limits, torch threads, a prediction
-        cache bounded by AMULET_CACHE_MAX_SIZE with AMULET_CACHE_DEFAULT_TTL, and AMULET_BAND_* only where set
-        (else the checkpoint's bands); ``kwargs`` override.
+        cache bounded by AMULET_CACHE_MAX_SIZE with AMULET_CACHE_DEFAULT_TTL (with the shared tier on AMULET_REDIS_URL
+        when that is set: ``answers.SharedAnswers``), and AMULET_BAND_* only where set (else the checkpoint's
+        bands); ``kwargs`` override.
         """
         options: dict[str, Any] = {
             "limits": ImageLimits.from_settings(settings),
             "bands": (settings.band_reliable, settings.band_verify),
             "cache": PredictionCache.from_settings(settings) if settings.cache_max_size > 0 else False,
             "torch_threads": settings.torch_threads,
+            "decode_workers": settings.thread_pool_size,
         }
         options.update(kwargs)
         return cls.from_checkpoint(path if path is not None else settings.model_path, **options)
@@ -162,42 +162,7 @@ class AmuletClassifier:
         Bytes are hashed with SHA-256 (refused sizes are not hashed at all); a file's digest is remembered per
         (path, size, mtime), so a repeated path costs a ``stat``; a ``ValidatedImage`` brings its own.
         """
-        if isinstance(image, ValidatedImage):
-            return image.sha256
-        if isinstance(image, _BYTES):
-            if len(memoryview(image).cast("B")) > self.limits.max_upload_bytes:
-                return None  # validate_image refuses it without reading it all
-            return content_hash(image)
-        if isinstance(image, (str, os.PathLike)):
-            return self._path_key(Path(image))
-        if isinstance(image, np.ndarray):
-            arr = np.ascontiguousarray(image)
-            if arr.dtype.hasobject or arr.nbytes > self.limits.max_upload_bytes:
-                return None
-            return content_hash(memoryview(arr).cast("B")) + f":nd{arr.shape}{arr.dtype}"
-        return None  # a PIL image: hashing its pixels would cost about as much as classifying it
-
-    def _path_key(self, path: Path) -> str | None:
-        try:
-            st = path.stat()
-        except OSError:
-            return None  # decode reports the missing file with its own code
-        if not path.is_file() or st.st_size > self.limits.max_upload_bytes:
-            return None
-        ident = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-        with self._keys_lock:
-            key = self._path_keys.get(ident)
-            if key is not None:
-                self._path_keys.move_to_end(ident)
-                return key
-        from amulet_lab.files import hash_stream
-
-        key = hash_stream(path, algo="sha256", digest_size=None, chunk_size=1 << 20)
-        with self._keys_lock:
-            self._path_keys[ident] = key
-            while len(self._path_keys) > _PATH_KEYS_MAX:
-                self._path_keys.popitem(last=False)
-        return key
+        return self._keys(image)
 
     def decode(self, image: Any, content_key: str | None = None) -> Any:
         """Bytes and paths through ``validate_image`` (reduced-scale decode); images in memory to RGB."""
@@ -207,9 +172,10 @@ class AmuletClassifier:
             return image
         self._decodes.increment()
         if isinstance(image, (*_BYTES, str, os.PathLike)):
-            # Hashed once: the content key is the SHA-256 that validate_image would compute (for a file, the
-            # digest remembered for its (path, size, mtime)).
-            return validate_image(image, limits=self.limits, draft_size=self.spec.size, sha256=content_key)
+            # Bytes are hashed once (the content key is the SHA-256 validate_image would compute). A file is hashed
+            # again as it is read: its remembered digest is checked against what was decoded (see _compute).
+            sha = content_key if isinstance(image, _BYTES) else None
+            return validate_image(image, limits=self.limits, draft_size=self.spec.size, sha256=sha)
         return decode_image(image, target_size=self.spec.size, limits=self.limits)
 
     def preprocess(self, decoded: Sequence[Any]) -> torch.Tensor:
@@ -251,6 +217,7 @@ class AmuletClassifier:
         t0 = time.perf_counter()
         with self._contexts["decode"]:
             decoded = self.decode(image, key)
+            self._check_unchanged(image, key, decoded)
         t1 = time.perf_counter()
         with self._contexts["preprocess"]:
             x = self.preprocess([decoded])
@@ -272,9 +239,8 @@ class AmuletClassifier:
             if key is None or self.cache is None:
                 answer, origin = self._compute(image, key, timings), "miss"
             else:
-                answer, computed = self.cache.get_or_compute(
+                answer, origin = self.cache.get_or_compute_origin(
                     PredictionCache.key(self.fingerprint, key), lambda: self._compute(image, key, timings))
-                origin = "miss" if computed else "local"
             t3 = time.perf_counter()
             pred = self.postprocess(answer, top_k=top_k, timings=timings, cache=origin)
             timings["postprocess"] = (time.perf_counter() - t3) * 1000
@@ -309,6 +275,9 @@ class AmuletClassifier:
             raise
         self._predictions.add(len(out))
         self.monitor.record("classifier.predict_batch", time.perf_counter() - start)
+        for pred in out:  # the stages of every photo, as predict records them
+            for stage in STAGES:
+                self.monitor.record(f"classifier.{stage}", pred.timings[stage] / 1000)
         return out
 
     def _predict_many(self, items: list[Any], batch_size: int, top_k: int) -> list[Prediction]:
@@ -325,11 +294,11 @@ class AmuletClassifier:
                 key = self.content_key(item)
                 keys.append(key)
                 if key is not None and self.cache is not None:
-                    answers[i] = self.cache.get(PredictionCache.key(self.fingerprint, key))
+                    answers[i], origins[i] = self.cache.lookup(PredictionCache.key(self.fingerprint, key))
             timings[i]["lookup"] = (time.perf_counter() - t0) * 1000
             if answers[i] is not None:
-                origins[i] = "local"
-            elif key is not None and key in first:
+                continue  # origins[i] says "local" or "shared"
+            if key is not None and key in first:
                 origins[i] = "local"  # the same photo twice in one batch: inferred once
             else:
                 if key is not None:
@@ -350,11 +319,20 @@ class AmuletClassifier:
             preds.append(pred)
         return preds
 
+    def _check_unchanged(self, image: Any, key: str | None, decoded: Any) -> None:
+        """A file whose bytes no longer match the digest remembered for its stat is refused, never cached wrongly."""
+        if isinstance(image, (str, os.PathLike)) and key is not None and isinstance(decoded, ValidatedImage) \
+                and decoded.sha256 != key:
+            self._keys.forget(image)
+            raise ProcessingError(f"{Path(image).name} changed while it was read; classify it again", stage="decode",
+                                  code="E_FILE_CHANGED", context={"path": str(image)})
+
     def _load(self, item: Any, key: str | None) -> tuple[torch.Tensor, Any, float, float]:
         """In a pool worker: (model input row, decoded image, decode ms, preprocess ms)."""
         t0 = time.perf_counter()
         with self._contexts["decode"]:
             decoded = self.decode(item, key)
+            self._check_unchanged(item, key, decoded)
         t1 = time.perf_counter()
         with self._contexts["preprocess"]:
             x = self.preprocess([decoded])

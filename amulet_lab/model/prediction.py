@@ -1,7 +1,7 @@
 """What the classifier answers: ``Prediction`` (one photo), ``PairPrediction`` (front and back), the bands.
 
-A prediction says where it came from: ``cache`` is ``"miss"`` (inferred now) or ``"local"`` (this
-process's prediction cache). Its ``source`` holds the original's format, size and bytes when the image
+A prediction says where it came from: ``cache`` is ``"miss"`` (inferred now), ``"local"`` (this
+process's prediction cache) or ``"shared"`` (the shared tier on a Redis/Valkey server, another replica's answer). Its ``source`` holds the original's format, size and bytes when the image
 came as bytes or a file.
 """
 
@@ -17,7 +17,7 @@ __all__ = ["Prediction", "PairPrediction", "confidence_band", "combine_sides", "
            "UNKNOWN_TEXT"]
 
 #: Where an answer came from.
-CACHE_ORIGINS = ("miss", "local")
+CACHE_ORIGINS = ("miss", "local", "shared")
 #: The band of an unknown answer: it carries no confidence band, only this.
 UNKNOWN_BAND = "unknown"
 #: What an unknown answer says, everywhere it is shown.
@@ -82,7 +82,8 @@ class Prediction:
             for k, t, p in self.top_k
         )
         timing = ", ".join(f"{k} {v:.1f}" for k, v in self.timings.items())
-        origin = {"miss": "", "local": " (from the prediction cache)"}.get(self.cache, f" ({html.escape(self.cache)})")
+        origin = {"miss": "", "local": " (from the prediction cache)",
+                  "shared": " (from the shared prediction cache)"}.get(self.cache, f" ({html.escape(self.cache)})")
         if self.is_unknown:  # a headline of its own, with no band
             head = (f"<div style='font-size:1.2em;color:#616161'><b>{UNKNOWN_TEXT.capitalize()}</b></div>"
                     f"<div style='color:#777'>closest: {html.escape(self.english_name)}</div>")

@@ -4,8 +4,9 @@ classifies it; the photo's answer is the class the confident pieces agree on, el
 The way of a photo: the finder runs on a reduced decode (JPEG draft, about 800 px); the crops are cut from a
 second decode at up to ``CROP_SIDE`` px (the model needs 224 px a piece, so a 12-MP frame is never held in
 full); each crop is classified in one batch. A piece whose quarter turn the finder could not read from its
-shape (``rotation_score`` below 0.5: square, hexagonal, oval pieces) is classified at all four turns and the
-most confident kept. A photo that is already a tight crop (one piece over most of the frame, upright) is
+shape (``rotation_score`` below 0.5: square, hexagonal, oval pieces) and whose answer at the finder's turn is
+not reliable is classified at the other three turns too, and the most confident kept. A HEIC photo is
+decoded once (libheif has no reduced decode): the finder and the crops share that decode. A photo that is already a tight crop (one piece over most of the frame, upright) is
 classified whole, exactly as ``predict`` does, so a tight crop gets the same answer either way.
 Two known pieces of the same class and a similar size are taken for the front and back of one piece and
 paired (``combine``); the finder cannot tell more than that.
@@ -98,8 +99,6 @@ def _decode_for_crops(image: Any, limits: Any) -> Any:
 
 def predict_scene(classifier: Any, image: Any, *, top_k: int = 3) -> ScenePrediction:
     """Find, turn upright and classify every amulet in ``image`` (bytes, a path, a ``ValidatedImage`` or PIL)."""
-    from PIL import Image
-
     from amulet_lab.scene import find_on_reduced
     from amulet_lab.security import ValidatedImage
 
@@ -108,6 +107,10 @@ def predict_scene(classifier: Any, image: Any, *, top_k: int = 3) -> ScenePredic
     _check_top_k(top_k)
     start = time.perf_counter()
     source = image.image if isinstance(image, ValidatedImage) else image
+    full = None
+    if _is_heif(source):  # one full decode serves the finder and the crops
+        full = _decode_for_crops(source, classifier.limits)
+        source = full
     found = find_on_reduced(source, max_side=FIND_SIDE, limits=classifier.limits)
     t_find = time.perf_counter()
     width, height = found.size
@@ -117,22 +120,20 @@ def predict_scene(classifier: Any, image: Any, *, top_k: int = 3) -> ScenePredic
         pieces.append(ScenePiece(found.pieces[0].box, 0, classifier.predict(image, top_k=top_k)))
         t_decode = t_find
     elif found.pieces:
-        full = _decode_for_crops(image, classifier.limits)
+        full = full if full is not None else _decode_for_crops(image, classifier.limits)
         fx, fy = full.width / width, full.height / height
         t_decode = time.perf_counter()
-        crops: list[Image.Image] = []
-        owners: list[tuple[int, int]] = []  # (piece index, rotation tried)
-        for i, piece in enumerate(found.pieces):
-            crop = piece.scaled(fx, fy).crop(full)
-            turns = (0, 90, 180, 270) if piece.rotation_score < _TURN_SURE else (0,)
-            for extra in turns:
-                crops.append(crop.rotate(extra, expand=True) if extra else crop)
-                owners.append((i, (piece.rotation + extra) % 360))
-        preds = classifier.predict_batch(crops, batch_size=4, top_k=top_k)
-        best: dict[int, tuple[Prediction, int]] = {}
-        for (i, rotation), pred in zip(owners, preds):
-            if i not in best or (pred.confidence, -pred.is_unknown) > (best[i][0].confidence, -best[i][0].is_unknown):
-                best[i] = (pred, rotation)
+        crops = [piece.scaled(fx, fy).crop(full) for piece in found.pieces]
+        first = classifier.predict_batch(crops, batch_size=4, top_k=top_k)
+        best = {i: (pred, found.pieces[i].rotation) for i, pred in enumerate(first)}
+        unsure = [i for i, piece in enumerate(found.pieces)
+                  if piece.rotation_score < _TURN_SURE and best[i][0].confidence_band != "reliable"]
+        tries = [(i, extra) for i in unsure for extra in (90, 180, 270)]
+        more = classifier.predict_batch([crops[i].rotate(extra, expand=True) for i, extra in tries], batch_size=4,
+                                        top_k=top_k) if tries else []
+        for (i, extra), pred in zip(tries, more):
+            if (not pred.is_unknown, pred.confidence) > (not best[i][0].is_unknown, best[i][0].confidence):
+                best[i] = (pred, (found.pieces[i].rotation + extra) % 360)
         pieces = [ScenePiece(found.pieces[i].box, best[i][1], best[i][0]) for i in sorted(best)]
     else:
         t_decode = t_find
@@ -143,6 +144,23 @@ def predict_scene(classifier: Any, image: Any, *, top_k: int = 3) -> ScenePredic
     timings = {"find": (t_find - start) * 1000, "decode": (t_decode - t_find) * 1000,
                "classify": (t_classify - t_decode) * 1000, "total": (end - start) * 1000}
     return ScenePrediction(pieces, (width, height), label, unknown, pairs, timings)
+
+
+def _is_heif(source: Any) -> bool:
+    """Whether ``source`` (bytes or a path) holds a HEIC/HEIF image, by its leading bytes."""
+    import os
+
+    from amulet_lab.security import sniff_format
+
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return sniff_format(bytes(source[:64])) == "HEIF"
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            with open(source, "rb") as handle:
+                return sniff_format(handle.read(64)) == "HEIF"
+        except OSError:
+            return False  # the decoder reports the missing file with its own code
+    return False
 
 
 def _check_top_k(top_k: Any) -> None:

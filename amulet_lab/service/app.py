@@ -35,7 +35,7 @@ from amulet_lab.service.metrics import CONTENT_TYPE_LATEST, MetricSources, Servi
 from amulet_lab.service.middleware import ServiceMiddleware
 from amulet_lab.service.openapi import PAIR_SCHEMA, PREDICT_BODY, install_openapi
 from amulet_lab.service.pipeline import PredictPipeline
-from amulet_lab.service.ratelimit import RateLimiter
+from amulet_lab.service.ratelimit import rate_limiter_from_settings
 from amulet_lab.service.uploads import UploadLease, read_uploads
 
 __all__ = ["create_app", "ServiceState"]
@@ -68,7 +68,8 @@ class ServiceState:
         self.loading = False
         self.timer = timer
         self.started_at = timer()
-        self.limiter = RateLimiter.from_settings(settings, timer=timer)
+        # AMULET_RATE_LIMIT_BACKEND: buckets in this process, or one bucket per client on the Redis/Valkey server.
+        self.limiter = rate_limiter_from_settings(settings, timer=timer)
         # A separate monitor per app: its counts are this service's requests, not every timed call in the process.
         self.perf = PerformanceMonitor()
         # Repeated model failures open the circuit: clients get a fast 503 instead of a queue of slow 500s.
@@ -84,7 +85,7 @@ class ServiceState:
         self.metrics = ServiceMetrics(
             MetricSources(
                 cache_stats=self.cache_stats,
-                breakers=lambda: [self.breaker],
+                breakers=self.breakers,
                 memory_rss_bytes=lambda: self.memory_monitor.get_current_usage().rss_mb * 1024 * 1024,
                 model_loaded=lambda: self.classifier is not None,
                 budgets=self.budgets.stats,
@@ -100,6 +101,16 @@ class ServiceState:
 
             self._memory_monitor = memory_monitor
         return self._memory_monitor
+
+    def breakers(self) -> list[Any]:
+        """The model's breaker and those of the Redis/Valkey tiers in use (shared cache, shared rate limit)."""
+        out = [self.breaker]
+        shared = getattr(getattr(self.classifier, "cache", None), "shared", None)
+        for part in (shared, self.limiter):
+            breaker = getattr(part, "breaker", None)
+            if breaker is not None:
+                out.append(breaker)
+        return out
 
     def cache_stats(self) -> dict[str, Any]:
         """The classifier's prediction-cache figures (zeros while no model, or no cache, is loaded)."""
@@ -165,8 +176,12 @@ class ServiceState:
             monitor.check_memory_pressure()
 
     def service_stats(self) -> dict[str, Any]:
-        """The budgets in use and the batching figures (for /health)."""
-        return {"budgets": self.budgets.stats(), "batching": self.batcher.stats()}
+        """The budgets in use, the batching figures and the shared rate limit's, when there is one (for /health)."""
+        out = {"budgets": self.budgets.stats(), "batching": self.batcher.stats()}
+        limiter_stats = getattr(self.limiter, "stats", None)
+        if limiter_stats is not None:
+            out["rate_limit"] = limiter_stats()
+        return out
 
     def health(self, *, full: bool = False) -> dict[str, Any]:
         """The health report of this service; ``full`` adds the whole model status (path cut to its name)."""

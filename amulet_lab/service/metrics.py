@@ -53,6 +53,18 @@ class _LiveCollector(Collector):
             nbytes = GaugeMetricFamily("amulet_cache_bytes", "Bytes held by the image cache.")
             nbytes.add_metric([], float(stats.get("total_size_bytes", stats.get("bytes", 0))))
             yield from (hits, misses, size, nbytes)
+            shared = stats.get("shared")
+            if isinstance(shared, dict):  # the Redis/Valkey tier (AMULET_REDIS_URL)
+                for name, help_text in (("hits", "Answers found in the shared prediction-cache tier."),
+                                        ("misses", "Shared-tier lookups that found nothing (or failed)."),
+                                        ("errors", "Calls to the shared tier's server that failed or timed out."),
+                                        ("skipped", "Shared-tier calls skipped while its circuit was open.")):
+                    counter = CounterMetricFamily(f"amulet_shared_cache_{name}", help_text)
+                    counter.add_metric([], float(shared.get(name, 0)))
+                    yield counter
+                up = GaugeMetricFamily("amulet_shared_cache_up", "1 while the shared tier's circuit is not open.")
+                up.add_metric([], 0.0 if shared.get("state") == "open" else 1.0)
+                yield up
         if src.breakers is not None:
             state = GaugeMetricFamily(
                 "amulet_breaker_state", "Circuit breaker state (1 for the current state).", labels=["breaker", "state"]

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import anyio.to_thread
 from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -88,7 +89,11 @@ class ServiceMiddleware:
         key = client_key(
             claims.subject if claims else None, peer, headers, trust_forwarded_for=st.settings.trust_forwarded_for
         )
-        decision = st.limiter.peek(key) if probe else st.limiter.hit(key)
+        check = st.limiter.peek if probe else st.limiter.hit
+        if getattr(st.limiter, "blocking", False):  # buckets on a Redis/Valkey server: a network call
+            decision = await anyio.to_thread.run_sync(check, key)
+        else:
+            decision = check(key)
         extra = {"X-Request-ID": request_id, **SECURITY_HEADERS, **decision.headers(self.wall())}
         if probe:
             extra.pop("Retry-After", None)  # a probe is never refused

@@ -1,0 +1,27 @@
+"""Batch classification of whole folders of photos on Dask distributed, into a resumable CSV.
+
+``classify(paths, out, checkpoint=...)`` finds every image under the folders and globs given, skips those
+already in ``out`` (same SHA-256 and model), and classifies the rest on a LocalCluster on 127.0.0.1 (or an
+existing scheduler), appending rows atomically in chunks. Dask is imported only when a run starts.
+"""
+
+from amulet_lab.batch._engine import BatchResult, classify, dask_client, task_size_for, worker_environ
+from amulet_lab.batch._rows import COLUMNS, SCENE_COLUMNS, collect_images, file_sha256, read_rows
+from amulet_lab.batch._worker import classify_files, load_worker_model, prepare_worker, worker_model_loads
+
+__all__ = [
+    "classify",
+    "BatchResult",
+    "COLUMNS",
+    "SCENE_COLUMNS",
+    "collect_images",
+    "file_sha256",
+    "read_rows",
+    "classify_files",
+    "load_worker_model",
+    "prepare_worker",
+    "worker_model_loads",
+    "dask_client",
+    "task_size_for",
+    "worker_environ",
+]
