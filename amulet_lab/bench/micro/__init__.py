@@ -25,6 +25,7 @@ MICRO_BENCHMARKS: dict[str, str] = {
     "memory": "amulet_lab.bench.micro.memory",
     "pipeline": "amulet_lab.bench.micro.pipeline",
     "validation": "amulet_lab.bench.micro.validation",
+    "shared": "amulet_lab.bench.micro.shared",
     "batch": "amulet_lab.bench.micro.batch",
     "scene": "amulet_lab.bench.micro.scene",
 }
