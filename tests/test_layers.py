@@ -217,22 +217,26 @@ def test_no_import_cycles():
 # Every package and top-level module, with its ``__all__`` sorted. A change of API must update this on purpose.
 PUBLIC_ALL: dict[str, list[str]] = {
     "amulet_lab": ["__version__", "load_ipython_extension"],
+    "amulet_lab.batch": [
+        "BatchResult", "COLUMNS", "SCENE_COLUMNS", "classify", "classify_files", "collect_images", "dask_client",
+        "file_sha256", "load_worker_model", "prepare_worker", "read_rows", "task_size_for", "worker_environ",
+        "worker_model_loads"
+    ],
     "amulet_lab.bench": [
         "BenchRun", "Comparison", "History", "SCENARIOS", "Threshold", "machine_info", "reference_workload",
         "run_benchmarks", "run_report"
     ],
-    "amulet_lab.bench.micro": ["MICRO_BENCHMARKS", "MicroResult", "Target", "run_micro", "time_per_call"],
+    "amulet_lab.bench.micro": [
+        "MICRO_BENCHMARKS", "MicroResult", "Target", "one_torch_thread", "run_micro", "time_per_call"
+    ],
     "amulet_lab.bench.scenarios": [
         "Pipeline", "STAGES", "ScenarioResult", "aserver", "aserver_search", "cache_scenario", "distinct_images",
         "image_paths", "load_images", "memory_scenario", "offline", "percentile", "resize_images", "server",
         "server_search", "single_stream"
     ],
-    "amulet_lab.cache": ["ImageCache", "SWEEP_LIMIT", "SharedStore", "TTLCache", "get_image_cache", "peek_image_cache",
-                         "redact_url", "sizeof"],
-    "amulet_lab.batch": [
-        "BatchResult", "COLUMNS", "SCENE_COLUMNS", "classify", "classify_files", "collect_images", "dask_client",
-        "file_sha256", "load_worker_model", "prepare_worker", "read_rows", "task_size_for", "worker_environ",
-        "worker_model_loads",
+    "amulet_lab.cache": [
+        "ImageCache", "SWEEP_LIMIT", "SharedStore", "TTLCache", "get_image_cache", "peek_image_cache", "redact_url",
+        "sizeof"
     ],
     "amulet_lab.cli": ["build_parser", "main"],
     "amulet_lab.config": ["PROJECT_ROOT", "Settings", "VARIABLES", "Variable", "get_settings", "load_settings"],
@@ -277,9 +281,9 @@ PUBLIC_ALL: dict[str, list[str]] = {
     ],
     "amulet_lab.model": [
         "ARCHITECTURES", "AmuletClassifier", "AmuletNet", "Answer", "Checkpoint", "PairPrediction", "Prediction",
-        "PredictionCache", "SharedAnswers", "TrainConfig", "UnknownRule", "build_model", "confidence_band", "cross_validate",
-        "default_checkpoint_path", "evaluate", "fit", "format_metrics", "load_checkpoint", "make_checkpoint",
-        "metrics", "save_checkpoint", "train"
+        "PredictionCache", "SharedAnswers", "TrainConfig", "UnknownRule", "build_model", "confidence_band",
+        "cross_validate", "default_checkpoint_path", "evaluate", "fit", "format_metrics", "load_checkpoint",
+        "make_checkpoint", "metrics", "save_checkpoint", "train"
     ],
     "amulet_lab.perf": ["HttpPool", "PerformanceMonitor", "performance_monitor", "timed_operation"],
     "amulet_lab.pixels": ["DECODE_ERRORS", "check_dimensions", "to_rgb"],

@@ -82,9 +82,18 @@ def test_a_pixel_flood_stays_within_the_memory_budget(hostile_server):
     answers: list[httpx.Response] = []
     lock = threading.Lock()
 
+    def distinct(i: int) -> bytes:
+        """The flood with a tEXt chunk of its own after IHDR: other bytes (no cache, no shared decode), same pixels."""
+        import struct
+        import zlib
+
+        body = b"tEXt" + f"flood\x00{i}".encode("latin-1")
+        chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
+        return flood[:33] + chunk + flood[33:]  # 8 signature + 25 IHDR bytes
+
     def send(i: int) -> None:
         with httpx.Client(base_url=hostile_server.url, timeout=45) as client:
-            response = client.post("/predict", files={"front": (f"flood{i}.png", flood, "image/png")})
+            response = client.post("/predict", files={"front": (f"flood{i}.png", distinct(i), "image/png")})
         with lock:
             answers.append(response)
 
@@ -103,6 +112,8 @@ def test_a_pixel_flood_stays_within_the_memory_budget(hostile_server):
         if response.status_code == 503:
             assert response.json()["error"]["code"] in ("E_PIXEL_BUDGET", "E_UPLOAD_BUDGET")
     assert any(r.status_code == 200 for r in answers)
+    # 16 different photos: each was decoded (or refused for budget), none answered from the cache
+    assert all(r.json()["front"]["cache"] == "miss" for r in answers if r.status_code == 200)
     assert peak[0] < BUDGET_MB * MB, f"peak RSS {peak[0] / MB:.0f} MB over the {BUDGET_MB} MB budget"
     health = httpx.get(hostile_server.url + "/health", timeout=10).json()
     assert health["budgets"]["pixel_bytes"]["in_use"] == 0 and health["budgets"]["upload_bytes"]["in_use"] == 0

@@ -20,7 +20,7 @@ import random
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 from amulet_lab.data.labels import Label, load_labels
 from amulet_lab.errors import ValidationError
@@ -340,21 +340,7 @@ def fingerprint(samples: Sequence[Sample], root: str | os.PathLike | None = None
 
     ``root`` defaults to the samples' common folder, so a copied dataset keeps its fingerprint.
     """
-    if not samples:
-        raise ValidationError("cannot fingerprint an empty sample list", field="samples", value=0,
-                              code="E_DATASET_EMPTY")
-    paths = [Path(sample.path).resolve() for sample in samples]
-    base = Path(root).resolve() if root is not None else Path(os.path.commonpath([p.parent for p in paths]))
-    lines = []
-    for sample, path in zip(samples, paths):
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            raise ValidationError(f"sample file is missing: {path}", field="path", value=str(path),
-                                  code="E_DATASET_MISSING_FILE") from None
-        lines.append(f"{path.relative_to(base).as_posix()}\t{size}\t{sample.label}")
-    digest = hashlib.sha256("\n".join(sorted(lines)).encode("utf-8"))
-    return digest.hexdigest()
+    return _fingerprint(samples, root, lambda path: str(path.stat().st_size))
 
 
 def content_fingerprint(samples: Sequence[Sample], root: str | os.PathLike | None = None) -> str:
@@ -362,6 +348,11 @@ def content_fingerprint(samples: Sequence[Sample], root: str | os.PathLike | Non
 
     Unlike ``fingerprint`` (path, size, label), an edited photo of the same size changes it (model cards).
     """
+    return _fingerprint(samples, root, lambda path: hashlib.sha256(path.read_bytes()).hexdigest())
+
+
+def _fingerprint(samples: Sequence[Sample], root: str | os.PathLike | None, fact: Any) -> str:
+    """sha256 over sorted lines (relative path, ``fact(path)``, label)."""
     if not samples:
         raise ValidationError("cannot fingerprint an empty sample list", field="samples", value=0,
                               code="E_DATASET_EMPTY")
@@ -370,10 +361,9 @@ def content_fingerprint(samples: Sequence[Sample], root: str | os.PathLike | Non
     lines = []
     for sample, path in zip(samples, paths):
         try:
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            value = fact(path)
         except FileNotFoundError:
             raise ValidationError(f"sample file is missing: {path}", field="path", value=str(path),
                                   code="E_DATASET_MISSING_FILE") from None
-        lines.append(f"{path.relative_to(base).as_posix()}\t{digest}\t{sample.label}")
+        lines.append(f"{path.relative_to(base).as_posix()}\t{value}\t{sample.label}")
     return hashlib.sha256("\n".join(sorted(lines)).encode("utf-8")).hexdigest()
-

@@ -7,14 +7,15 @@ noisy: absolute times mean little). ``amulet-lab bench micro [NAME ...]`` runs t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["MicroResult", "Target", "MICRO_BENCHMARKS", "run_micro", "time_per_call"]
+__all__ = ["MicroResult", "Target", "MICRO_BENCHMARKS", "run_micro", "time_per_call", "one_torch_thread"]
 
 #: name -> module; each module's ``run(quick)`` returns a MicroResult.
 MICRO_BENCHMARKS: dict[str, str] = {
@@ -81,6 +82,20 @@ class MicroResult:
         if self.notes:
             lines.append(f"  note: {self.notes}")
         return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """torch on one thread for the block, then as it was: on a shared 2-core machine two OpenMP threads waiting on
+    each other make a small forward pass 10-100x slower at random, which would drown the ratios in noise."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def time_per_call(fn: Callable[[], Any], *, number: int, repeat: int = 5) -> float:

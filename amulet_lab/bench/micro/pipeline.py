@@ -19,7 +19,7 @@ import io
 import tempfile
 from pathlib import Path
 
-from amulet_lab.bench.micro import MicroResult, Target, time_per_call
+from amulet_lab.bench.micro import MicroResult, Target, one_torch_thread, time_per_call
 
 __all__ = ["run"]
 
@@ -66,16 +66,8 @@ def _classifier():
 
 def run(quick: bool = False) -> MicroResult:
     """Run the comparisons; ``quick`` uses fewer and smaller images (shape checks in tests)."""
-    import torch
-
-    previous_threads = torch.get_num_threads()
-    # One torch thread for both sides: on a shared 2-core machine two OpenMP threads waiting on each other
-    # make a small forward pass 10-100x slower at random, which would drown the ratios in noise.
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():  # for both sides
         return _run(quick)
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def _run(quick: bool) -> MicroResult:

