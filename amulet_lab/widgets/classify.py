@@ -1,4 +1,4 @@
-"""The notebook interface of ``01_classify.ipynb``: ``ClassifierApp``, built from a classifier.
+"""The notebook app of ``01_classify.ipynb``: ``ClassifierApp``, built from a classifier (Classify and Gallery tabs).
 
 All logic lives here so it is tested headless: a test sets ``app.front_upload.value`` to the
 ipywidgets 8 shape (a tuple of dicts with ``name``, ``type``, ``size``, ``content`` as memoryview),
@@ -15,12 +15,8 @@ notebook holds them in its widget state and shows them when reopened, and never 
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import datetime as dt
-import functools
 import html
-import io
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,93 +25,13 @@ from typing import Any
 
 from amulet_lab.errors import AmuletError, ValidationError
 from amulet_lab.fonts import thai_html
+from amulet_lab.widgets._html import (_BAND_COLOURS, _CHART_PX, _PREVIEW_PX, _SIDES, _WRAP, _img_html, _placeholder,
+                                      _read, _thumbnail, band_words, english_name, sample_pair, upload_bytes)
+from amulet_lab.widgets.gallery import Gallery, GalleryItem
 
-__all__ = ["ClassifierApp", "GalleryItem", "BAND_WORDS", "band_words", "upload_bytes", "sample_pair", "english_name"]
+__all__ = ["ClassifierApp"]
 
 log = logging.getLogger("amulet_lab.widgets")
-
-#: The confidence band in plain words, as the user reads it.
-BAND_WORDS = {"reliable": "Reliable", "verify": "Check with an expert", "retake": "Retake the photo",
-              "unknown": "Not one of the six known types"}
-_BAND_COLOURS = {"reliable": "#2e7d32", "verify": "#ef6c00", "retake": "#c62828", "unknown": "#616161"}
-_PREVIEW_PX = 220
-_CHART_PX = 720
-#: Long file names and paths wrap instead of widening their box (no horizontal scrollbars).
-_WRAP = "overflow-wrap:anywhere;word-break:break-word"
-_SIDES = ("front", "back")
-
-
-def _uncertainty(pred: Any) -> float:
-    """How much an answer needs a second look: 1 for an unknown one, else 1 - confidence."""
-    return 1.0 if pred.is_unknown else 1.0 - float(pred.confidence)
-
-
-def band_words(band: str) -> str:
-    """``reliable`` / ``verify`` / ``retake`` (or ``unknown``: no band) in plain words."""
-    if band not in BAND_WORDS:
-        raise ValidationError(f"unknown confidence band {band!r}", field="band", value=band)
-    return BAND_WORDS[band]
-
-
-@functools.lru_cache(maxsize=1)
-def _english_names() -> dict[str, str]:
-    from amulet_lab.data.labels import load_labels
-
-    try:
-        return {label.key: label.english for label in load_labels()}
-    except AmuletError:
-        return {}
-
-
-def english_name(key: str) -> str:
-    """The English name of a class key (``data/labels.json``); the key in words when it is not listed there."""
-    return _english_names().get(key) or str(key).replace("_", " ").capitalize()
-
-
-def sample_pair(folder: str | Path | None = None) -> tuple[Path, Path | None]:
-    """A front photo and its back (if any) from the first class folder of ``folder`` (default: the samples)."""
-    if folder is None:
-        from amulet_lab.data import SAMPLES_DIR
-
-        folder = SAMPLES_DIR
-    from amulet_lab.data.dataset import IMAGE_SUFFIXES
-
-    root = Path(folder)
-    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))) if root.is_dir() else []
-    for cls in classes:
-        photos = sorted(p for p in cls.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        fronts = [p for p in photos if "front" in p.name]
-        if fronts:
-            back = fronts[0].with_name(fronts[0].name.replace("front", "back"))
-            return fronts[0], (back if back.is_file() else None)
-    raise ValidationError(f"no class folder with a front photo in {root}", field="folder", value=str(root), code="E_NO_IMAGE")
-
-
-def upload_bytes(value: Any) -> tuple[str, bytes] | None:
-    """``(name, bytes)`` of the last file in an ipywidgets 8 ``FileUpload.value``; None when empty."""
-    if not value:
-        return None
-    if isinstance(value, dict):  # ipywidgets 7 shape: {name: {"content": ...}}; tolerated for old kernels
-        name, item = list(value.items())[-1]
-        item = dict(item, name=name)
-    else:
-        item = value[-1]
-    if not isinstance(item, dict) or "content" not in item:
-        raise ValidationError("unexpected FileUpload value: expected dicts with 'content'", field="upload", value=type(item).__name__)
-    return str(item.get("name", "upload")), bytes(item["content"])
-
-
-@dataclasses.dataclass(frozen=True)
-class GalleryItem:
-    """One photo of the gallery: where it is, what was predicted, and how unsure (1 - confidence).
-
-    A photo that could not be classified has no prediction, its error code in ``error`` and is listed last.
-    """
-
-    path: Path
-    prediction: Any
-    uncertainty: float
-    error: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,29 +53,6 @@ class _Source:
         return f"{how} <code style='{_WRAP}'>{html.escape(self.name)}</code>"
 
 
-def _thumbnail(data: bytes, side: int = 112) -> bytes:
-    from amulet_lab.images import decode
-
-    img = decode(data, target_size=side)
-    img.thumbnail((side, side))
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=85)
-    return buf.getvalue()
-
-
-def _img_html(data: bytes, mime: str, *, alt: str, max_width: int) -> str:
-    """An ``<img>`` with the image inline (a data URL), scaled down to fit ``max_width`` pixels."""
-    src = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-    return (f"<img src='{src}' alt='{html.escape(alt, quote=True)}' "
-            f"style='max-width:min(100%, {max_width}px);height:auto;display:block'>")
-
-
-def _placeholder(text: str, *, width: int, height: int) -> str:
-    """A dashed box with a line of text: what is shown where there is no image."""
-    return (f"<div class='amulet-placeholder' style='box-sizing:border-box;width:{width}px;max-width:100%;"
-            f"height:{height}px;border:1px dashed #bbb;border-radius:6px;display:flex;align-items:center;"
-            f"justify-content:center;text-align:center;padding:8px;color:#777;font-size:12px;{_WRAP}'>"
-            f"{html.escape(text)}</div>")
 
 
 class ClassifierApp:
@@ -181,13 +74,11 @@ class ClassifierApp:
         self.top_k = top_k
         self.thumbnail_px = thumbnail_px
         self.result: Any = None
-        self.gallery_items: list[GalleryItem] = []
         self.state: dict[str, Any] = {"status": "waiting for a photo"}
         self._sources: dict[str, _Source | None] = {"front": None, "back": None}
         self._back_is_new = False  # a back was given since the last classification (it waits for its front)
         self._notice = ""  # a one-off remark shown with the next status (e.g. that a back was removed)
         self._quiet = False  # set while the app itself changes an input widget: not the user's doing
-        self._gallery_cards = 0
 
         self.front_upload = w.FileUpload(accept="image/*", multiple=False, description="Front photo")
         self.back_upload = w.FileUpload(accept="image/*", multiple=False, description="Back (optional)")
@@ -206,12 +97,9 @@ class ClassifierApp:
         self.chart = w.HTML(layout=w.Layout(width="100%", max_width=f"{_CHART_PX + 10}px"))
         self.latency_html = w.HTML()
         self.status = w.HTML("<i>Upload a front photo, or type a path and press Classify.</i>")
-        self.gallery_path = w.Text(placeholder="folder of photos (empty: the samples)", layout=w.Layout(width="360px"))
-        self.gallery_button = w.Button(description="Gallery", icon="th")
-        self.gallery_html = w.HTML(
-            "<p><i>Press <b>Gallery</b> to classify a folder of photos (empty: the samples); "
-            "the least certain answers come first.</i></p>", layout=w.Layout(width="100%"))
-        self.gallery_box = w.VBox([self.gallery_html], layout=w.Layout(width="100%"))
+        self.gallery_panel = Gallery(classifier, thumbnail_px=thumbnail_px)
+        self.gallery_path, self.gallery_button = self.gallery_panel.path, self.gallery_panel.button
+        self.gallery_html, self.gallery_box = self.gallery_panel.html, self.gallery_panel.box
 
         for side in _SIDES:
             self._upload(side).observe(lambda ch, side=side: self._safely(lambda: self._on_upload(side, ch)), names="value")
@@ -230,12 +118,7 @@ class ClassifierApp:
         single = w.HBox([w.VBox([self.front_preview, self.back_preview]),
                          w.VBox([self.result_html, self.chart, self.latency_html],
                                 layout=w.Layout(flex="1 1 auto", min_width="0"))])
-        gallery = w.VBox([
-            w.HTML("<b>Most uncertain first</b>: the photos whose answers most need a second look lead."),
-            w.HBox([self.gallery_path, self.gallery_button]),
-            self.gallery_box,
-        ])
-        self.tabs = w.Tab(children=[w.VBox([inputs, self.status, single]), gallery])
+        self.tabs = w.Tab(children=[w.VBox([inputs, self.status, single]), self.gallery_panel.widget])
         self.tabs.titles = ("Classify", "Gallery")
         self.model_html = w.HTML(self._model_headline())
         self.widget = w.VBox([self.model_html, self.tabs])
@@ -525,101 +408,17 @@ class ClassifierApp:
             f"stages timed: {', '.join(stages)}",
         ])
 
-    # ---- gallery -------------------------------------------------------------------------
+    # ---- gallery (the Gallery tab: widgets.gallery) ------------------------------------------
+    @property
+    def gallery_items(self) -> list[GalleryItem]:
+        """The photos of the last gallery, most uncertain first."""
+        return self.gallery_panel.items
+
     def gallery(self, folder: str | Path | None = None, *, limit: int = 60, batch_size: int = 16,
                 progress: bool = True) -> list[GalleryItem]:
-        """Classify up to ``limit`` photos under ``folder`` (None or empty: the samples), most uncertain first.
-
-        Photos go through the model in batches of ``batch_size`` with a progress bar; a batch that fails is
-        retried photo by photo, and a photo that still fails is shown marked with its error (listed last)
-        instead of ending the gallery. The cards are one HTML widget (thumbnails inline), so a saved notebook
-        shows the gallery when reopened, before any cell is run again.
-        """
-        from tqdm.auto import tqdm
-
-        from amulet_lab.bench.scenarios import image_paths
-
-        if folder is None or not str(folder).strip():
-            from amulet_lab.data import SAMPLES_DIR
-
-            folder = SAMPLES_DIR
-        root = Path(str(folder).strip()).expanduser()
-        if not root.is_dir():
-            raise ValidationError(f"not a folder: {folder!r}", field="folder", value=str(folder), code="E_NO_FOLDER")
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValidationError("batch_size must be a whole number >= 1", field="batch_size", value=batch_size)
-        paths = image_paths(root, limit=limit)
-        items: list[GalleryItem] = []
-        with tqdm(total=len(paths), desc="gallery", disable=not progress, leave=False) as bar:
-            for start in range(0, len(paths), batch_size):
-                chunk = paths[start:start + batch_size]
-                items.extend(self._classify_chunk(chunk))
-                bar.update(len(chunk))
-        items.sort(key=lambda it: (it.error is not None, -it.uncertainty, str(it.path)))
-        self.gallery_items = items
-        cards = [self._card(it) for it in items]
-        self._gallery_cards = len(cards)
-        failed = sum(1 for it in items if it.error is not None)
-        when = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-        head = (f"<p style='{_WRAP}'><b>{len(items)} photo(s)</b> from <code>{html.escape(str(root))}</code>, "
-                f"most uncertain first{f', {failed} not classified' if failed else ''} · classified {when}. "
-                "<span style='color:#777'>Saved with the notebook; to classify another folder after reopening it, "
-                "run the notebook's cells first (the buttons need its running kernel).</span></p>")
-        grid = (f"<div style='display:grid;grid-template-columns:repeat(auto-fill, minmax({self.thumbnail_px + 40}px, 1fr));"
-                f"gap:8px;width:100%;box-sizing:border-box'>{''.join(cards)}</div>") if cards else \
-            "<p><i>No photos found in this folder.</i></p>"
-        self.gallery_html.value = head + grid
-        return items
-
-    def _card(self, it: GalleryItem) -> str:
-        """One gallery card as HTML: thumbnail (or placeholder), names, confidence, band, file name (wrapped)."""
-        box = ("class='amulet-card' style='min-width:0;overflow:hidden;box-sizing:border-box;padding:4px;"
-               "border:1px solid #e0e0e0;border-radius:6px;font-size:11px;line-height:1.25'")
-        name = f"<div style='color:#777;{_WRAP}'>{html.escape(it.path.name)}</div>"
-        if it.error is not None:
-            return (f"<div {box}>{_placeholder('no preview', width=self.thumbnail_px, height=self.thumbnail_px)}"
-                    f"<div style='color:#c62828'><b>⚠ not classified</b><br><code>{html.escape(it.error)}</code></div>"
-                    f"{name}</div>")
-        try:
-            thumb = _img_html(_thumbnail(it.path.read_bytes(), self.thumbnail_px), "image/jpeg", alt=it.path.name,
-                              max_width=self.thumbnail_px)
-        except (AmuletError, OSError):
-            thumb = _placeholder("no preview", width=self.thumbnail_px, height=self.thumbnail_px)
-        pred = it.prediction
-        if pred.is_unknown:  # no name above it and no band: the card says what it is
-            return (f"<div {box}>{thumb}<div style='color:#616161;{_WRAP}'><b>{html.escape(band_words('unknown'))}"
-                    f"</b></div>{name}</div>")
-        return (f"<div {box}>{thumb}<div style='{_WRAP}'><b>{html.escape(pred.english_name)}</b></div>"
-                f"{thai_html(pred.thai_name, tag='div', style=_WRAP)}"
-                f"<div>{pred.confidence:.0%} · {html.escape(band_words(pred.confidence_band))}</div>{name}</div>")
-
-    def _classify_chunk(self, paths: list[Path]) -> list[GalleryItem]:
-        """One batch through the model; when it fails, photo by photo so only the bad ones are marked."""
-        try:
-            preds = self.classifier.predict_batch(paths, batch_size=len(paths))
-            return [GalleryItem(p, pred, _uncertainty(pred)) for p, pred in zip(paths, preds)]
-        except AmuletError:
-            log.info("gallery batch failed; classifying its %d photos one by one", len(paths))
-        items = []
-        for p in paths:
-            try:
-                pred = self.classifier.predict_batch([p], batch_size=1)[0]
-            except AmuletError as exc:
-                items.append(GalleryItem(p, None, 1.0, error=exc.code))
-                continue
-            items.append(GalleryItem(p, pred, _uncertainty(pred)))
-        return items
+        """Classify up to ``limit`` photos under ``folder`` (None or empty: the samples) into the Gallery tab."""
+        return self.gallery_panel.show(folder, limit=limit, batch_size=batch_size, progress=progress)
 
     def describe_gallery(self) -> str:
-        """The gallery in plain text: how many photos, whether sorted most uncertain first, how many failed."""
-        u = [it.uncertainty for it in self.gallery_items if it.error is None]
-        ordered = all(a >= b for a, b in zip(u, u[1:]))
-        failed = sum(1 for it in self.gallery_items if it.error is not None)
-        return (f"gallery photos: {len(self.gallery_items)}, most uncertain first: {ordered}, "
-                f"not classified: {failed}, cards shown: {self._gallery_cards}")
-
-
-def _read(path: Path) -> bytes:
-    if not path.is_file():
-        raise ValidationError(f"photo not found: {path}", field="path", value=str(path), code="E_IMAGE_NOT_FOUND")
-    return path.read_bytes()
+        """The gallery in plain text (see ``Gallery.describe``)."""
+        return self.gallery_panel.describe()
