@@ -40,6 +40,9 @@ def test_concurrent_rows_share_one_forward_pass():
     assert calls == [list(range(8))] and {r.batch_size for r in results} == {8}
     assert batcher.stats()["mean_batch_size"] == 8.0 and batcher.stats()["sizes"] == {"8": 1}
     batcher.close()
+    # A second start of the service (lifespan) after close() gets a new inference thread, not a dead one.
+    assert [r.answer for r in _run_concurrently(batcher, [[1], [2]])] == [10, 20]
+    batcher.close()
 
 
 def test_batches_are_capped_and_a_lone_row_waits_at_most_max_wait():

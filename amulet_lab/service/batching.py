@@ -80,7 +80,7 @@ class DynamicBatcher:
         self.breaker = breaker
         self._concat = concat
         self._timer = timer
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="amulet-infer")
+        self._executor: ThreadPoolExecutor | None = None  # made on first use, again after close()
         self._states: dict[int, _LoopState] = {}
         self._lock = threading.Lock()
         self.batches = 0
@@ -145,7 +145,7 @@ class DynamicBatcher:
                 continue
             started = self._timer()
             try:
-                answers = await loop.run_in_executor(self._executor, self._forward, [item.x for item in batch])
+                answers = await loop.run_in_executor(self._inference_thread(), self._forward, [item.x for item in batch])
             except BaseException as exc:  # handed to every request of the batch, never lost
                 self._record(len(batch), failed=True)
                 for item in batch:
@@ -160,6 +160,12 @@ class DynamicBatcher:
                 if not item.future.done():
                     item.future.set_result(
                         BatchResult(answer, len(batch), (started - item.queued_at) * 1000.0, per_row))
+
+    def _inference_thread(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="amulet-infer")
+            return self._executor
 
     def _forward(self, rows: list[Any]) -> Sequence[Any]:
         x = rows[0] if len(rows) == 1 else self._cat(rows)
@@ -205,8 +211,11 @@ class DynamicBatcher:
                     "sizes": {str(k): v for k, v in sorted(self._sizes.items())}}
 
     def close(self) -> None:
-        """Stop the inference thread once the pass under way (if any) is done."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """Stop the inference thread once the pass under way (if any) is done; a later submit starts a new one."""
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
 
     def __repr__(self) -> str:
         return f"<DynamicBatcher max_size={self.max_size} batches={self.batches} mean={self.mean_batch_size:.2f}>"
