@@ -123,7 +123,8 @@ def predict_scene(classifier: Any, image: Any, *, top_k: int = 3) -> ScenePredic
         full = full if full is not None else _decode_for_crops(image, classifier.limits)
         fx, fy = full.width / width, full.height / height
         t_decode = time.perf_counter()
-        crops = [piece.scaled(fx, fy).crop(full) for piece in found.pieces]
+        # Each crop reduced to no less than twice the model's input before its tilt is undone (``crop_piece``).
+        crops = [piece.scaled(fx, fy).crop(full, max_side=2 * classifier.spec.size) for piece in found.pieces]
         first = classifier.predict_batch(crops, batch_size=4, top_k=top_k)
         best = {i: (pred, found.pieces[i].rotation) for i, pred in enumerate(first)}
         unsure = [i for i, piece in enumerate(found.pieces)
