@@ -280,7 +280,7 @@ PUBLIC_ALL: dict[str, list[str]] = {
         "memory_monitor", "register_responder", "rss_bytes", "shrink_caches_responder", "streaming_handler"
     ],
     "amulet_lab.model": [
-        "ARCHITECTURES", "AmuletClassifier", "AmuletNet", "Answer", "Checkpoint", "PairPrediction", "Prediction",
+        "ARCHITECTURES", "AmuletClassifier", "AmuletNet", "Answer", "Checkpoint", "Explanation", "PairPrediction", "Prediction",
         "PredictionCache", "SharedAnswers", "TrainConfig", "UnknownRule", "build_model", "confidence_band",
         "cross_validate", "default_checkpoint_path", "evaluate", "fit", "format_metrics", "load_checkpoint",
         "make_checkpoint", "metrics", "save_checkpoint", "train"

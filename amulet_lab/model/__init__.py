@@ -8,6 +8,7 @@ from amulet_lab.model.checkpoint import Checkpoint, load_checkpoint, make_checkp
 from amulet_lab.model.answers import Answer, PredictionCache, SharedAnswers
 from amulet_lab.model.classifier import AmuletClassifier, default_checkpoint_path
 from amulet_lab.model.prediction import PairPrediction, Prediction, confidence_band
+from amulet_lab.model.explain import Explanation
 from amulet_lab.model.evaluate import cross_validate, evaluate, format_metrics, metrics
 from amulet_lab.model.train import TrainConfig, fit, train
 from amulet_lab.model.unknown import UnknownRule
@@ -19,6 +20,7 @@ __all__ = [
     "SharedAnswers",
     "Prediction",
     "PairPrediction",
+    "Explanation",
     "default_checkpoint_path",
     "confidence_band",
     "Checkpoint",

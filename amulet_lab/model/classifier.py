@@ -417,6 +417,12 @@ class AmuletClassifier:
 
         return predict_scene(self, image, top_k=top_k)
 
+    def explain(self, image: Any, *, label: str | None = None) -> Any:
+        """Which regions of ``image`` drove ``label`` (default: its top class): a ``model.explain.Explanation``."""
+        from amulet_lab.model.explain import explain
+
+        return explain(self, image, label=label)
+
     # -- status ---------------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         """Predictions, errors and decodes so far, and the prediction cache's figures."""

@@ -170,17 +170,23 @@ class HandFeatures(nn.Module):
 
     def crop(self, images: torch.Tensor, mask: torch.Tensor, size: int = _CROP) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``images`` (N, C, H, W) cropped to the mask's bounding box (4 % margin) at ``size``; also box height and width."""
-        n, c, h, w = images.shape
+        n, c = images.shape[:2]
+        theta, bh, bw = self.crop_theta(mask)
+        grid = F.affine_grid(theta.to(images.dtype), (n, c, size, size), align_corners=True)
+        return F.grid_sample(images, grid, align_corners=True, padding_mode="border"), bh, bw
+
+    def crop_theta(self, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(N, 2, 3) affine maps of ``crop`` (crop -> image coordinates, corners aligned), box heights and widths."""
+        n, h, w = mask.shape
         top, bottom, left, right = _bounding_box(mask)
         bh = (bottom - top + 1).clamp_min(1)
         bw = (right - left + 1).clamp_min(1)
-        theta = torch.zeros(n, 2, 3, dtype=images.dtype)
+        theta = torch.zeros(n, 2, 3, dtype=mask.dtype)
         theta[:, 0, 0] = bw / w * 1.04
         theta[:, 0, 2] = (left + right) / (w - 1) - 1
         theta[:, 1, 1] = bh / h * 1.04
         theta[:, 1, 2] = (top + bottom) / (h - 1) - 1
-        grid = F.affine_grid(theta, (n, c, size, size), align_corners=True)
-        return F.grid_sample(images, grid, align_corners=True, padding_mode="border"), bh, bw
+        return theta, bh, bw
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Features of a normalised batch."""

@@ -82,6 +82,11 @@ class FusedNet(nn.Module):
 
     def object_crop(self, rgb: torch.Tensor) -> torch.Tensor:
         """The square crop around each image's foreground box (6 % margin), at 224 px."""
+        grid = F.affine_grid(self.crop_theta(rgb), (rgb.shape[0], 3, 224, 224), align_corners=False)
+        return F.grid_sample(rgb, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    def crop_theta(self, rgb: torch.Tensor) -> torch.Tensor:
+        """(N, 2, 3) affine maps of ``object_crop``: crop coordinates -> image coordinates (both in [-1, 1])."""
         n = rgb.shape[0]
         small = F.interpolate(rgb, size=(128, 128), mode="bilinear", align_corners=False, antialias=True)
         mask = self.hand.foreground(small)
@@ -96,8 +101,7 @@ class FusedNet(nn.Module):
         theta[:, 0, 0] = theta[:, 1, 1] = side
         theta[:, 0, 2] = (left + right + 1) / 128 - 1
         theta[:, 1, 2] = (top + bottom + 1) / 128 - 1
-        grid = F.affine_grid(theta, (n, 3, 224, 224), align_corners=False)
-        return F.grid_sample(rgb, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return theta
 
     @torch.no_grad()
     def view_features(self, x: torch.Tensor, views: int = VIEWS) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -25,6 +25,7 @@ from typing import Any
 
 from amulet_lab.errors import AmuletError, ValidationError
 from amulet_lab.fonts import thai_html
+from amulet_lab.widgets._explain import WhyPanel
 from amulet_lab.widgets._html import (_BAND_COLOURS, _CHART_PX, _PREVIEW_PX, _SIDES, _WRAP, _img_html, _placeholder,
                                       _read, _thumbnail, band_words, english_name, sample_pair, upload_bytes)
 from amulet_lab.widgets.gallery import Gallery, GalleryItem
@@ -96,6 +97,7 @@ class ClassifierApp:
         self.result_html = w.HTML()
         self.chart = w.HTML(layout=w.Layout(width="100%", max_width=f"{_CHART_PX + 10}px"))
         self.latency_html = w.HTML()
+        self.why = WhyPanel(classifier)  # the answer's "Why?" toggle: its heatmap over the front photo
         self.status = w.HTML("<i>Upload a front photo, or type a path and press Classify.</i>")
         self.gallery_panel = Gallery(classifier, thumbnail_px=thumbnail_px)
         self.gallery_path, self.gallery_button = self.gallery_panel.path, self.gallery_panel.button
@@ -116,7 +118,7 @@ class ClassifierApp:
             self.classify_button,
         ])
         single = w.HBox([w.VBox([self.front_preview, self.back_preview]),
-                         w.VBox([self.result_html, self.chart, self.latency_html],
+                         w.VBox([self.result_html, self.why.widget, self.chart, self.latency_html],
                                 layout=w.Layout(flex="1 1 auto", min_width="0"))])
         self.tabs = w.Tab(children=[w.VBox([inputs, self.status, single]), self.gallery_panel.widget])
         self.tabs.titles = ("Classify", "Gallery")
@@ -292,6 +294,8 @@ class ClassifierApp:
                 _img_html(data, "image/jpeg", alt=f"{side}: {names[side]}", max_width=_PREVIEW_PX) if data else
                 _placeholder("no back photo (optional: upload one to compare the sides)", width=_PREVIEW_PX, height=120))
         self._show(pair, front[0], back[0] if back else None)
+        main = pair.combined if getattr(pair, "combined", None) is not None else pair.front
+        self.why.set_answer(front[0], front[1], main.label, unknown=bool(main.is_unknown))
         return pair
 
     def _show_placeholders(self) -> None:
@@ -306,6 +310,7 @@ class ClassifierApp:
         self._show_placeholders()
         self.result_html.value = ""
         self.latency_html.value = ""
+        self.why.reset()
 
     def _show(self, pair: Any, front_name: str, back_name: str | None) -> None:
         from amulet_lab.bench.plots import figure_to_png, topk_figure
