@@ -7,8 +7,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 REQ_HASH := $(shell cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.installed-$(REQ_HASH)
+# ui-check only: playwright (requirements-ui.txt) on top of the venv; a new venv stamp removes this one too.
+UI_STAMP := $(VENV)/.installed-ui-$(shell cat requirements-ui.txt | sha256sum | cut -c1-16)
 
-.PHONY: venv demo test test-fast report train-default bench clean-venv
+.PHONY: venv demo test test-fast report train-default bench ui-check clean-venv
 
 venv: $(STAMP)
 
@@ -38,6 +40,18 @@ train-default: venv
 
 bench: venv
 	$(BIN)/amulet-lab bench run
+
+# Run notebooks/01_classify.ipynb in JupyterLab in a local headless Chromium (not in CI): screenshots and
+# timings into reports/ui/. Exit code 2 from amulet-lab when no Chromium is found (AMULET_CHROMIUM).
+ui-check: venv
+	@$(BIN)/amulet-lab bench ui --find-chromium >/dev/null
+	@$(MAKE) --no-print-directory $(UI_STAMP)
+	$(BIN)/amulet-lab bench ui
+
+$(UI_STAMP): requirements-ui.txt $(STAMP)
+	@rm -f $(VENV)/.installed-ui-*
+	$(BIN)/pip install --quiet -r requirements-ui.txt
+	@touch $(UI_STAMP)
 
 clean-venv:
 	rm -rf $(VENV)

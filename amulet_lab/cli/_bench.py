@@ -1,9 +1,10 @@
-"""Sub-commands ``bench run``, ``bench compare``, ``bench micro``, ``report`` and ``demo``."""
+"""Sub-commands ``bench run``, ``bench compare``, ``bench micro``, ``bench ui``, ``report`` and ``demo``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -20,7 +21,7 @@ def _csv_ints(text: str) -> list[int]:
 
 
 def register(subparsers: Any) -> None:
-    """Add ``bench`` (run, compare, micro), ``report`` and ``demo``."""
+    """Add ``bench`` (run, compare, micro, ui), ``report`` and ``demo``."""
     bench = subparsers.add_parser("bench", help="benchmark scenarios, regression check, micro-benchmarks")
     sub = bench.add_subparsers(dest="bench_command", metavar="BENCH_COMMAND")
     bench.set_defaults(func=lambda args, settings: (bench.print_help(), 2)[1])
@@ -64,6 +65,21 @@ def register(subparsers: Any) -> None:
     micro.add_argument("--quick", action="store_true", help="fewer rounds (shape check, not figures)")
     micro.add_argument("--json", action="store_true", help="print JSON")
     micro.set_defaults(func=_micro)
+
+    ui = sub.add_parser("ui", help="run notebook 01 in JupyterLab in headless Chromium: screenshots and timings "
+                                   "(needs a local Chromium and the playwright package: make ui-check)")
+    ui.add_argument("--chromium", default=None, help="Chromium executable (default: AMULET_CHROMIUM or /usr/bin/chromium)")
+    ui.add_argument("--out", default=None, help="folder for the screenshots and ui.json (default: reports/ui)")
+    ui.add_argument("--notebooks", default=None, help="notebooks folder, copied before use (default: notebooks/)")
+    ui.add_argument("--notebook", default="01_classify.ipynb", help="the notebook to run (default 01_classify.ipynb)")
+    ui.add_argument("--photo", action="append", default=None,
+                    help="a photo to upload in the Classify tab (repeat; default: a 224 px JPEG and a 12-MP HEIC made here)")
+    ui.add_argument("--phone-photo", action="append", default=None,
+                    help="a photo to upload in a Phone photo tab (repeat; default: a 12-MP HEIC of three pieces)")
+    ui.add_argument("--timeout", type=float, default=240.0, help="seconds to wait for any one step (default 240)")
+    ui.add_argument("--json", action="store_true", help="print ui.json instead of the summary")
+    ui.add_argument("--find-chromium", action="store_true", help="only print the Chromium that would be used")
+    ui.set_defaults(func=_ui)
 
     report = subparsers.add_parser("report", help="run notebooks 03 (benchmark) and 04 (report) into reports/, with HTML")
     report.add_argument("--out", default=None, help="output folder (default: reports/)")
@@ -120,6 +136,29 @@ def _micro(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:
         print("\n".join(r.to_text() for r in results))
+    return 0
+
+
+def _ui(args: argparse.Namespace, settings: Settings) -> int:
+    from amulet_lab.bench.chromium import find_chromium
+    from amulet_lab.bench.ui import require_playwright, run_ui_check
+    from amulet_lab.errors import AmuletError
+
+    try:  # what the machine lacks is said plainly, with exit code 2 (not a failure of the app)
+        chromium = find_chromium(args.chromium or os.environ.get("AMULET_CHROMIUM") or None)
+        if args.find_chromium:
+            print(chromium)
+            return 0
+        require_playwright()
+    except AmuletError as exc:
+        if exc.code not in ("E_NO_CHROMIUM", "E_NO_PLAYWRIGHT"):
+            raise
+        print(f"bench ui: {exc.message} [{exc.code}]", file=sys.stderr)
+        return 2
+    report = run_ui_check(chromium, notebooks=args.notebooks, notebook=args.notebook,
+                          out_dir=args.out or settings.reports_path / "ui", photos=args.photo,
+                          phone_photos=args.phone_photo, timeout_s=args.timeout)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_text())
     return 0
 
 
