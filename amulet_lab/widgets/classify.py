@@ -1,4 +1,4 @@
-"""The notebook app of ``01_classify.ipynb``: ``ClassifierApp``, built from a classifier (Classify and Gallery tabs).
+"""The notebook app of ``01_classify.ipynb``: ``ClassifierApp``, built from a classifier (Classify, Gallery and Phone photo tabs).
 
 All logic lives here so it is tested headless: a test sets ``app.front_upload.value`` to the
 ipywidgets 8 shape (a tuple of dicts with ``name``, ``type``, ``size``, ``content`` as memoryview),
@@ -29,6 +29,7 @@ from amulet_lab.widgets._explain import WhyPanel
 from amulet_lab.widgets._html import (_BAND_COLOURS, _CHART_PX, _PREVIEW_PX, _SIDES, _WRAP, _img_html, _placeholder,
                                       _read, _thumbnail, band_words, english_name, sample_pair, upload_bytes)
 from amulet_lab.widgets.gallery import Gallery, GalleryItem
+from amulet_lab.widgets.scene import ScenePanel
 
 __all__ = ["ClassifierApp"]
 
@@ -120,8 +121,10 @@ class ClassifierApp:
         single = w.HBox([w.VBox([self.front_preview, self.back_preview]),
                          w.VBox([self.result_html, self.why.widget, self.chart, self.latency_html],
                                 layout=w.Layout(flex="1 1 auto", min_width="0"))])
-        self.tabs = w.Tab(children=[w.VBox([inputs, self.status, single]), self.gallery_panel.widget])
-        self.tabs.titles = ("Classify", "Gallery")
+        self.scene_panel = ScenePanel(classifier)  # the Phone photo tab: every piece of a photo (widgets.scene)
+        self.tabs = w.Tab(children=[w.VBox([inputs, self.status, single]), self.gallery_panel.widget,
+                                    self.scene_panel.widget])
+        self.tabs.titles = ("Classify", "Gallery", "Phone photo")
         self.model_html = w.HTML(self._model_headline())
         self.widget = w.VBox([self.model_html, self.tabs])
         self._show_sources()
