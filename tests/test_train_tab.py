@@ -123,6 +123,23 @@ def test_out_of_fold_metrics_confusion_reliability_and_the_misclassified(trained
 
 
 @pytest.mark.slow
+def test_the_results_are_in_the_saved_widget_state(trained):
+    """A reopened notebook has the saved widget state: the Train tab's figures and cards are in it, inline."""
+    import ipywidgets as w
+
+    app, panel, _, _ = trained
+    saved = w.Widget.get_manager_state(drop_defaults=False)["state"]
+    tab = saved[app.tabs.model_id]["state"]
+    markup, todo = "", [saved[tab["children"][2].removeprefix("IPY_MODEL_")]["state"]]
+    while todo:
+        st = todo.pop()
+        markup += str(st.get("value", "")) if st.get("_model_name") == "HTMLModel" else ""
+        todo.extend(saved[c.removeprefix("IPY_MODEL_")]["state"] for c in st.get("children", []))
+    for part in (panel.confusion_html, panel.reliability_html, panel.misclassified_html, panel.metrics_html):
+        assert part.value and part.value in markup
+
+
+@pytest.mark.slow
 def test_the_checkpoint_is_saved_atomically_with_its_model_card(trained, photos):
     from amulet_lab.model import load_checkpoint
     from amulet_lab.model.card import model_card

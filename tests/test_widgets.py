@@ -298,7 +298,7 @@ def test_gallery_is_in_the_saved_widget_state(classifier, tmp_path):
     app.gallery(folder, progress=False)
     saved = w.Widget.get_manager_state(drop_defaults=False)["state"]
     tab = saved[app.tabs.model_id]["state"]
-    assert list(tab["titles"]) == ["Classify", "Gallery"]
+    assert list(tab["titles"]) == ["Classify", "Gallery", "Train"]
     gallery_tab = saved[tab["children"][1].removeprefix("IPY_MODEL_")]["state"]
     # Walk the Gallery tab's saved widget tree: every card, with its thumbnail inline, is there.
     markup, todo = "", [gallery_tab]
