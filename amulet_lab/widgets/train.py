@@ -41,7 +41,7 @@ _STRIP = 8  # thumbnails per class in the folder's strip
 _STRIP_PX = 64
 _CARD_PX = 96
 _SHOWN_WRONG = 24
-_FIGURE_PX = 440
+_FIGURE_PX = 600
 
 
 def _seconds(value: float) -> str:
@@ -303,7 +303,7 @@ class TrainPanel:
             "'reliable' band: accuracy, share": (f"{cv['reliable_accuracy']:.3f}, {cv['reliable_coverage']:.3f}"
                                                  if cv["reliable_accuracy"] == cv["reliable_accuracy"] else
                                                  f"none reliable, share {cv['reliable_coverage']:.3f}"),
-            "real photos wrongly called unknown": f"{cv['false_unknown_rate']:.3f}",
+            "photos wrongly called unknown": f"{cv['false_unknown_rate']:.3f}",
             "generated non-amulets caught": f"{cv['probe_caught_rate']:.3f}",
         }
         seconds = {"cross-validation": _seconds(run.seconds_cv), "final model": _seconds(run.seconds_final),
@@ -320,7 +320,7 @@ class TrainPanel:
             f"{per_class}</table>{html_table(seconds, caption='training time')}</div>")
         figures = {"confusion": self.confusion_figure(), "reliability": self.reliability_figure()}
         for name, fig in figures.items():
-            png = figure_to_png(fig, dpi=80)
+            png = figure_to_png(fig, dpi=90)
             target = self.confusion_html if name == "confusion" else self.reliability_html
             target.value = _img_html(png, "image/png", alt=fig.axes[0].get_title(), max_width=_FIGURE_PX)
         wrong = run.misclassified
