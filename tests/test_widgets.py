@@ -229,7 +229,7 @@ def test_result_names_chart_and_thai_font(classifier):
 
 def test_tab_titles_fit():
     app = ClassifierApp(_Fake())
-    assert tuple(app.tabs.titles) == ("Classify", "Gallery", "Phone photo")
+    assert tuple(app.tabs.titles) == ("Classify", "Gallery", "Phone photo", "Train")
     assert all(len(t) <= 12 for t in app.tabs.titles)  # "Gallery (most uncertain first)" was cut in the tab bar
 
 

@@ -11,7 +11,7 @@ import math
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +84,8 @@ def evaluate(model: Any, data: Any, *, split: str = "all", limits: Any = None, b
 
 def cross_validate(
     samples: Sequence[Any], num_classes: int, keys: Sequence[str], *, k: int = 5, seed: int = 0,
-    config: Any = None, progress: bool = True, recomposed: bool = False,
+    config: Any = None, progress: bool = True, on_fold: Callable[[int, int], None] | None = None,
+    keep_predictions: bool = False, recomposed: bool = False,
 ) -> dict[str, Any]:
     """Stratified k-fold CV of the training recipe: per fold train on k-1 parts, score the held-out part.
 
@@ -101,6 +102,10 @@ def cross_validate(
     With ``recomposed``, each held-out photo is also scored re-composited on a page, wood and cloth
     (``data.recomposite``, seeded by its file name): ``recomposed_accuracy`` (mean over folds, with its std)
     and ``recomposed_false_unknown_rate``, the pieces as ``predict_scene`` cuts them from phone photos.
+
+    ``on_fold(done, k)`` is called after each fold (a progress bar's feed). ``keep_predictions=True`` adds
+    ``predictions``: per held-out photo, in fold order, its ``path``, ``target`` and ``predicted`` keys,
+    ``confidence`` (top probability), ``unknown`` and ``fold`` (for reliability diagrams and the misclassified).
     """
     from dataclasses import replace
 
@@ -112,12 +117,15 @@ def cross_validate(
     from amulet_lab.model.train import TrainConfig, fit, predict_outputs
     from amulet_lab.model.unknown import make_probes
 
-    if not isinstance(k, int) or k < 2:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
         raise ValidationError("k must be an int >= 2", field="k", value=k)
+    if on_fold is not None and not callable(on_fold):
+        raise ValidationError("on_fold must be callable", field="on_fold", value=type(on_fold).__name__)
     cfg = config or TrainConfig()
     folds = stratified_kfold(list(samples), k, seed)
     results = []
     all_probs, all_targets, all_unknown, all_reliable, caught = [], [], [], [], []
+    kept: list[dict[str, Any]] = []
     for i, (train_part, test_part) in enumerate(folds):
         if ARCHITECTURES[cfg.arch][0] is not None:  # a CNN: early stopping and calibration on an inner split
             fit_part, val_part = stratified_kfold(train_part, 5, seed + 100 + i)[0]
@@ -131,7 +139,8 @@ def cross_validate(
         x = spec.to_input(to_uint8_batch([s.path for s in test_part], spec.size))
         logits, distance = predict_outputs(res.model, x)
         probs = torch.softmax(logits / res.temperature, 1)
-        all_unknown.append(res.unknown(probs, distance))
+        unknown = res.unknown(probs, distance)
+        all_unknown.append(unknown)
         reliable = (res.bands or {}).get("reliable", DEFAULT_BANDS[0])
         all_reliable.append(probs.max(1).values >= reliable)
         probes = torch.from_numpy(make_probes(120, spec.size, 12345)).permute(0, 3, 1, 2).contiguous()
@@ -144,6 +153,12 @@ def cross_validate(
         results.append(m)
         all_probs.append(probs)
         all_targets += [s.label for s in test_part]
+        if keep_predictions:
+            conf, pred = probs.max(1)
+            kept += [{"path": str(s.path), "target": keys[s.label], "predicted": keys[int(p)], "confidence": float(c),
+                      "unknown": bool(u), "fold": i} for s, p, c, u in zip(test_part, pred, conf, unknown)]
+        if on_fold is not None:
+            on_fold(i + 1, k)
     summary: dict[str, Any] = {"k": k, "folds": results}
     for name in ("accuracy", "macro_f1", "top2_accuracy", "ece", "nll"):
         values = [r[name] for r in results]
@@ -163,6 +178,8 @@ def cross_validate(
         summary["recomposed_accuracy"] = statistics.fmean(values)
         summary["recomposed_accuracy_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
         summary["recomposed_false_unknown_rate"] = statistics.fmean(r["recomposed_false_unknown_rate"] for r in results)
+    if keep_predictions:
+        summary["predictions"] = kept
     return summary
 
 
