@@ -300,7 +300,9 @@ PUBLIC_ALL: dict[str, list[str]] = {
         "get_thread_pool_manager", "named_lock", "thread_safe_operation"
     ],
     "amulet_lab.widgets": [
-        "BAND_WORDS", "ClassifierApp", "Gallery", "GalleryItem", "band_words", "english_name", "sample_pair", "upload_bytes"
+        "BAND_WORDS", "ClassifierApp", "Gallery", "GalleryItem", "ScenePanel", "TrainPanel", "band_words", "english_name",
+        "sample_pair",
+        "upload_bytes"
     ],
 }
 

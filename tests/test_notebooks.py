@@ -28,13 +28,17 @@ from model_helpers import untrained_tiny_checkpoint
 pytestmark = pytest.mark.slow
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
-NAMES = ["01_classify.ipynb", "02_profile.ipynb", "03_benchmark.ipynb", "04_report.ipynb"]
+NAMES = ["00_train.ipynb", "01_classify.ipynb", "02_profile.ipynb", "03_benchmark.ipynb", "04_report.ipynb"]
+#: 00_train trains on a small seeded synthetic folder: 4 photos per class, 2 folds, the fast arch.
+TRAIN_PER_CLASS = 4
 SANITIZE = Path(__file__).with_name("nbval_sanitize.cfg")
 
 
-def _small_parameters(history_dir: Path, checkpoint: Path) -> dict[str, dict]:
+def _small_parameters(history_dir: Path, checkpoint: Path, photos: Path) -> dict[str, dict]:
     ck = str(checkpoint)
     return {
+        "00_train.ipynb": {"data_dir": str(photos), "out": str(history_dir.parent / "trained.pt"), "arch": "features",
+                           "cv": 2},
         "01_classify.ipynb": {"checkpoint": ck},
         "02_profile.ipynb": {"checkpoint": ck, "samples": 4, "batch_size": 2},
         "03_benchmark.ipynb": {"checkpoint": ck, "scenarios": ["single_stream", "offline"], "batch_sizes": [2],
@@ -85,7 +89,10 @@ def references(tmp_path_factory):
     before = {p.name: p.read_bytes() for p in committed.glob("*.jsonl")}
     refs = {}
     checkpoint = untrained_tiny_checkpoint(work / "tiny.pt")
-    for name, params in _small_parameters(history, checkpoint).items():
+    from amulet_lab.data import synthesize
+
+    photos = synthesize(work / "photos", TRAIN_PER_CLASS, 11, size=96, progress=False)
+    for name, params in _small_parameters(history, checkpoint, photos).items():
         prepared = work / f"prepared-{name}"
         pm.execute_notebook(str(NOTEBOOKS / name), str(prepared), parameters=params, prepare_only=True)
         refs[name] = work / name
@@ -96,7 +103,16 @@ def references(tmp_path_factory):
 
 
 def test_reference_runs_state_the_expected_facts(references):
-    _, refs, history = references
+    work, refs, history = references
+    (train,) = _checked_text(refs["00_train.ipynb"])
+    assert "status: trained" in train and "trained: features, 2-fold cross-validation, then all photos" in train
+    assert f"folder: {6 * TRAIN_PER_CLASS} photos of 6 classes (class folders)" in train
+    assert "figures: confusion, reliability" in train and "(with its model card)" in train
+    from amulet_lab.model import load_checkpoint
+    from amulet_lab.model.card import model_card
+
+    card = model_card(load_checkpoint(work / "trained.pt").metadata)  # the notebook's checkpoint, card and all
+    assert f"model card: {card.headline()}" in train and card.n_images == 6 * TRAIN_PER_CLASS
     (classify, gallery) = _checked_text(refs["01_classify.ipynb"])
     assert "prediction: " in classify and "stages timed: lookup, decode, preprocess, infer" in classify
     assert any(w in classify for w in ("band: Reliable", "band: Check with an expert", "band: Retake the photo",

@@ -229,7 +229,7 @@ def test_result_names_chart_and_thai_font(classifier):
 
 def test_tab_titles_fit():
     app = ClassifierApp(_Fake())
-    assert tuple(app.tabs.titles) == ("Classify", "Gallery")
+    assert tuple(app.tabs.titles) == ("Classify", "Gallery", "Phone photo", "Train")
     assert all(len(t) <= 12 for t in app.tabs.titles)  # "Gallery (most uncertain first)" was cut in the tab bar
 
 
@@ -238,6 +238,9 @@ class _Fake:
         raise AssertionError
 
     def predict_batch(self, images, batch_size=16):  # pragma: no cover - never called
+        raise AssertionError
+
+    def predict_scene(self, image, top_k=3):  # pragma: no cover - never called
         raise AssertionError
 
 
@@ -298,7 +301,7 @@ def test_gallery_is_in_the_saved_widget_state(classifier, tmp_path):
     app.gallery(folder, progress=False)
     saved = w.Widget.get_manager_state(drop_defaults=False)["state"]
     tab = saved[app.tabs.model_id]["state"]
-    assert list(tab["titles"]) == ["Classify", "Gallery"]
+    assert list(tab["titles"])[:2] == ["Classify", "Gallery"]
     gallery_tab = saved[tab["children"][1].removeprefix("IPY_MODEL_")]["state"]
     # Walk the Gallery tab's saved widget tree: every card, with its thumbnail inline, is there.
     markup, todo = "", [gallery_tab]

@@ -83,15 +83,10 @@ def train_real(data_dir: str | Path | None = None, out: str | Path | None = None
                progress: bool = True) -> Any:
     """Cross-validate the default recipe on the real photos, train it on all of them (train+val), write it with
     its model card (default ``REAL_CHECKPOINT``). ``ValidationError`` E_REAL_PHOTOS_MISSING where they are absent."""
-    import dataclasses
-
-    from amulet_lab import __version__
-    from amulet_lab.data import content_fingerprint, load_dataset
     from amulet_lab.errors import ValidationError
-    from amulet_lab.model.card import AMULET6_LICENCE, AMULET6_SOURCE, ModelCard
-    from amulet_lab.model.checkpoint import load_checkpoint, save_checkpoint
-    from amulet_lab.model.evaluate import cross_validate
-    from amulet_lab.model.train import TrainConfig, train
+    from amulet_lab.model.card import AMULET6_LICENCE, AMULET6_SOURCE
+    from amulet_lab.model.train import TrainConfig
+    from amulet_lab.model.train_folder import train_folder
 
     root = Path(data_dir) if data_dir is not None else AMULET6_DIR
     if not root.is_dir():
@@ -99,34 +94,7 @@ def train_real(data_dir: str | Path | None = None, out: str | Path | None = None
             f"the real photos are not on this machine ({root} is absent), so the default model cannot be rebuilt "
             "here; the committed data/models/amulet6.pt stays as it is. `amulet-lab train-default --synthetic` "
             "rebuilds the synthetic stand-in.", field="data_dir", value=str(root), code="E_REAL_PHOTOS_MISSING")
-    config = TrainConfig()
-    splits = load_dataset(root, val_fraction=0.0)
-    samples = splits.all
-    keys = [label.key for label in splits.labels]
-    cv = cross_validate(samples, len(keys), keys, k=k, seed=config.seed, config=config, progress=progress)
-    ck = train(splits, config=config, include_val=True, progress=progress)
-    figures = {
-        "accuracy": cv["accuracy"], "accuracy_std": cv["accuracy_std"], "macro_f1": cv["macro_f1"],
-        "top2_accuracy": cv["top2_accuracy"], "ece": cv["pooled"]["ece"],
-        "reliable_accuracy": cv["reliable_accuracy"], "reliable_coverage": cv["reliable_coverage"],
-        "false_unknown_rate": cv["false_unknown_rate"], "probe_caught_rate": cv["probe_caught_rate"],
-    }
-    card = ModelCard(
-        dataset=root.name, real_photos=True, files_per_class=_files_per_class(samples),
-        data_fingerprint=content_fingerprint(samples), source=AMULET6_SOURCE, licence=AMULET6_LICENCE,
-        recipe={"command": "amulet-lab train-default", **dataclasses.asdict(config)},
-        evaluation=(f"{k}-fold cross-validation over all {len(samples)} photos, stratified, seed {config.seed}, each "
-                    "photo a unit (amulet6 has no groups file), out of fold; ECE pooled over the folds"),
-        figures={name: round(float(value), 4) for name, value in figures.items()},
-        created=time.strftime("%Y-%m-%d", time.gmtime()), amulet_lab_version=__version__,
-    )
-    ck.metadata["model_card"] = card.to_dict()
-    ck.metadata["cross_validation"] = {name: cv[name] for name in (
-        "k", "accuracy", "accuracy_std", "macro_f1", "top2_accuracy", "ece", "false_unknown_rate",
-        "probe_caught_rate", "reliable_accuracy", "reliable_coverage")} | {"pooled": cv["pooled"]}
-    ck.metadata["recipe"] = {"command": "amulet-lab train-default", "data": root.name}
-    ck.metadata.pop("history", None)
     target = Path(out) if out else REAL_CHECKPOINT
-    save_checkpoint(ck, target)
-    load_checkpoint(target)  # what we wrote must load
-    return ck
+    run = train_folder(root, out=target, config=TrainConfig(), k=k, source=AMULET6_SOURCE, licence=AMULET6_LICENCE,
+                       command="amulet-lab train-default", progress=progress, recomposed=True, unseen_class=True)
+    return run.checkpoint

@@ -27,6 +27,9 @@ _FIGURES = {
     "top2_accuracy": "top-2 accuracy", "ece": "ECE (expected calibration error)",
     "reliable_accuracy": "accuracy in the 'reliable' band", "reliable_coverage": "share in the 'reliable' band",
     "false_unknown_rate": "real photos wrongly called unknown", "probe_caught_rate": "generated non-amulets caught",
+    "recomposed_accuracy": "accuracy, photos re-composited on page/wood/cloth",
+    "recomposed_false_unknown_rate": "re-composited photos wrongly called unknown",
+    "unseen_class_unknown_rate": "a class left out of training called unknown",
 }
 
 

@@ -11,7 +11,7 @@ import math
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,8 @@ import torch
 from amulet_lab.errors import ValidationError
 from amulet_lab.model.metrics import expected_calibration_error, metrics
 
-__all__ = ["metrics", "pair_accuracy", "evaluate", "cross_validate", "format_metrics", "expected_calibration_error"]
+__all__ = ["metrics", "pair_accuracy", "evaluate", "cross_validate", "leave_one_class_out", "format_metrics",
+           "expected_calibration_error"]
 
 
 def pair_accuracy(probs: torch.Tensor, targets: Sequence[int], groups: Sequence[str | None]) -> dict[str, Any] | None:
@@ -83,7 +84,8 @@ def evaluate(model: Any, data: Any, *, split: str = "all", limits: Any = None, b
 
 def cross_validate(
     samples: Sequence[Any], num_classes: int, keys: Sequence[str], *, k: int = 5, seed: int = 0,
-    config: Any = None, progress: bool = True,
+    config: Any = None, progress: bool = True, on_fold: Callable[[int, int], None] | None = None,
+    keep_predictions: bool = False, recomposed: bool = False,
 ) -> dict[str, Any]:
     """Stratified k-fold CV of the training recipe: per fold train on k-1 parts, score the held-out part.
 
@@ -96,6 +98,14 @@ def cross_validate(
     photos each fold's unknown rule calls unknown (``false_unknown_rate``), the share of 120 generated
     non-amulets it catches (``probe_caught_rate``, mean over folds), and the accuracy and coverage of the
     "reliable" band with each fold's own bands (``reliable_accuracy``, ``reliable_coverage``).
+
+    With ``recomposed``, each held-out photo is also scored re-composited on a page, wood and cloth
+    (``data.recomposite``, seeded by its file name): ``recomposed_accuracy`` (mean over folds, with its std)
+    and ``recomposed_false_unknown_rate``, the pieces as ``predict_scene`` cuts them from phone photos.
+
+    ``on_fold(done, k)`` is called after each fold (a progress bar's feed). ``keep_predictions=True`` adds
+    ``predictions``: per held-out photo, in fold order, its ``path``, ``target`` and ``predicted`` keys,
+    ``confidence`` (top probability), ``unknown`` and ``fold`` (for reliability diagrams and the misclassified).
     """
     from dataclasses import replace
 
@@ -107,12 +117,15 @@ def cross_validate(
     from amulet_lab.model.train import TrainConfig, fit, predict_outputs
     from amulet_lab.model.unknown import make_probes
 
-    if not isinstance(k, int) or k < 2:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
         raise ValidationError("k must be an int >= 2", field="k", value=k)
+    if on_fold is not None and not callable(on_fold):
+        raise ValidationError("on_fold must be callable", field="on_fold", value=type(on_fold).__name__)
     cfg = config or TrainConfig()
     folds = stratified_kfold(list(samples), k, seed)
     results = []
     all_probs, all_targets, all_unknown, all_reliable, caught = [], [], [], [], []
+    kept: list[dict[str, Any]] = []
     for i, (train_part, test_part) in enumerate(folds):
         if ARCHITECTURES[cfg.arch][0] is not None:  # a CNN: early stopping and calibration on an inner split
             fit_part, val_part = stratified_kfold(train_part, 5, seed + 100 + i)[0]
@@ -126,7 +139,8 @@ def cross_validate(
         x = spec.to_input(to_uint8_batch([s.path for s in test_part], spec.size))
         logits, distance = predict_outputs(res.model, x)
         probs = torch.softmax(logits / res.temperature, 1)
-        all_unknown.append(res.unknown(probs, distance))
+        unknown = res.unknown(probs, distance)
+        all_unknown.append(unknown)
         reliable = (res.bands or {}).get("reliable", DEFAULT_BANDS[0])
         all_reliable.append(probs.max(1).values >= reliable)
         probes = torch.from_numpy(make_probes(120, spec.size, 12345)).permute(0, 3, 1, 2).contiguous()
@@ -134,9 +148,17 @@ def cross_validate(
         caught.append(float(res.unknown(torch.softmax(pl / res.temperature, 1), pd).float().mean()))
         m = metrics(probs, [s.label for s in test_part], keys)
         m["train_seconds"] = res.seconds
+        if recomposed:
+            m.update(_recomposed_scores(res, spec, test_part))
         results.append(m)
         all_probs.append(probs)
         all_targets += [s.label for s in test_part]
+        if keep_predictions:
+            conf, pred = probs.max(1)
+            kept += [{"path": str(s.path), "target": keys[s.label], "predicted": keys[int(p)], "confidence": float(c),
+                      "unknown": bool(u), "fold": i} for s, p, c, u in zip(test_part, pred, conf, unknown)]
+        if on_fold is not None:
+            on_fold(i + 1, k)
     summary: dict[str, Any] = {"k": k, "folds": results}
     for name in ("accuracy", "macro_f1", "top2_accuracy", "ece", "nll"):
         values = [r[name] for r in results]
@@ -151,7 +173,86 @@ def cross_validate(
     summary["probe_caught_rate"] = statistics.fmean(caught)
     summary["reliable_coverage"] = float(band.float().mean())
     summary["reliable_accuracy"] = float(correct[band].float().mean()) if bool(band.any()) else float("nan")
+    if recomposed:
+        values = [r["recomposed_accuracy"] for r in results]
+        summary["recomposed_accuracy"] = statistics.fmean(values)
+        summary["recomposed_accuracy_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        summary["recomposed_false_unknown_rate"] = statistics.fmean(r["recomposed_false_unknown_rate"] for r in results)
+    if keep_predictions:
+        summary["predictions"] = kept
     return summary
+
+
+def leave_one_class_out(samples: Sequence[Any], keys: Sequence[str], *, config: Any = None,
+                        progress: bool = True) -> dict[str, Any]:
+    """How often an amulet of a kind the model never saw is called unknown: per class, train on the others.
+
+    For each class, the recipe is trained on the photos of the other classes (labels renumbered), then shown
+    every photo of the left-out class, as it is (a crop on red) and re-composited on a page, wood and cloth
+    (the pieces ``predict_scene`` cuts from phone photos). ``unknown_rate`` is the share of those crops the
+    model's unknown rule flags (mean over classes, ``per_class`` beside it); ``red_unknown_rate`` and
+    ``recomposed_unknown_rate`` split it.
+    """
+    import zlib
+
+    from amulet_lab.data.recomposite import EVAL_BACKGROUNDS, recomposite
+    from amulet_lab.images import PreprocessSpec, decode, to_uint8_batch
+    from amulet_lab.model.train import TrainConfig, fit, predict_outputs
+
+    cfg = config or TrainConfig()
+    if len(keys) < 3:
+        raise ValidationError("leave-one-class-out needs at least 3 classes", field="keys", value=len(keys),
+                              code="E_TOO_FEW_CLASSES")
+    per_class: dict[str, dict[str, float]] = {}
+    for c, key in enumerate(keys):
+        kept = [s for s in samples if s.label != c]
+        left = [s for s in samples if s.label == c]
+        if not left:
+            continue
+        renumber = {old: new for new, old in enumerate(k for k in range(len(keys)) if k != c)}
+        res = fit([s.path for s in kept], [renumber[s.label] for s in kept], [], [], len(keys) - 1, cfg,
+                  train_groups=[s.group for s in kept], progress=progress)
+        spec = PreprocessSpec(cfg.img_size)
+        red, recomposed = [], []
+        for s in left:
+            image = decode(s.path)
+            red.append(image)
+            base = zlib.crc32(Path(s.path).name.encode("utf-8"))
+            recomposed += [recomposite(image, seed=base * 4 + j, background=bg) for j, bg in enumerate(EVAL_BACKGROUNDS)]
+        rates = {}
+        for name, crops in (("red", red), ("recomposed", recomposed)):
+            logits, distance = predict_outputs(res.model, spec.to_input(to_uint8_batch(crops, spec.size)))
+            probs = torch.softmax(logits / res.temperature, 1)
+            rates[name] = float(res.unknown(probs, distance).float().mean())
+        per_class[key] = {"red_unknown_rate": rates["red"], "recomposed_unknown_rate": rates["recomposed"],
+                          "unknown_rate": (rates["red"] * len(red) + rates["recomposed"] * len(recomposed))
+                          / (len(red) + len(recomposed)), "photos": len(left)}
+    summary: dict[str, Any] = {"per_class": per_class}
+    for name in ("unknown_rate", "red_unknown_rate", "recomposed_unknown_rate"):
+        summary[name] = statistics.fmean(v[name] for v in per_class.values())
+    return summary
+
+
+def _recomposed_scores(res: Any, spec: Any, test_part: Sequence[Any]) -> dict[str, float]:
+    """Accuracy and unknown rate of a fold's model on its held-out photos re-composited on each EVAL_BACKGROUNDS."""
+    import zlib
+
+    from amulet_lab.data.recomposite import EVAL_BACKGROUNDS, recomposite
+    from amulet_lab.images import decode, to_uint8_batch
+    from amulet_lab.model.train import predict_outputs
+
+    crops, targets = [], []
+    for s in test_part:
+        image = decode(s.path)
+        base = zlib.crc32(Path(s.path).name.encode("utf-8"))
+        for j, background in enumerate(EVAL_BACKGROUNDS):
+            crops.append(recomposite(image, seed=base * 4 + j, background=background))
+            targets.append(s.label)
+    logits, distance = predict_outputs(res.model, spec.to_input(to_uint8_batch(crops, spec.size)))
+    probs = torch.softmax(logits / res.temperature, 1)
+    right = probs.argmax(1) == torch.tensor(targets)
+    return {"recomposed_accuracy": float(right.float().mean()),
+            "recomposed_false_unknown_rate": float(res.unknown(probs, distance).float().mean())}
 
 
 def format_metrics(m: dict[str, Any]) -> str:

@@ -26,8 +26,9 @@ RELIABLE_ACCURACY, VERIFY_ACCURACY = 0.97, 0.80
 
 
 def _fit_head(model: FusedNet, views: list[tuple[torch.Tensor, torch.Tensor]], rows: torch.Tensor, y: torch.Tensor,
-              probe: tuple[torch.Tensor, torch.Tensor], cfg: Any) -> None:
-    """Scalers, centroids and the linear layer of ``model`` from the training ``rows`` of every view."""
+              probe: tuple[torch.Tensor, torch.Tensor], cfg: Any, row_weight: torch.Tensor | None = None) -> None:
+    """Scalers, centroids and the linear layer of ``model`` from the training ``rows`` of every view
+    (``row_weight``: each row's weight in the loss, by row index; None: all 1)."""
     from amulet_lab.model.optim import AdamW, one_cycle
 
     cnn = torch.cat([v[0][rows] for v in views])
@@ -47,6 +48,8 @@ def _fit_head(model: FusedNet, views: list[tuple[torch.Tensor, torch.Tensor]], r
         z, pz = model.joined(cnn, hand), model.joined(*probe)
     counts = torch.bincount(yy, minlength=k).float().clamp_min(1)
     weights = (counts.sum() / (k * counts))[yy]
+    if row_weight is not None:
+        weights = weights * row_weight[rows].repeat(len(views))
     fc = model.fc
     nn.init.zeros_(fc.weight)
     nn.init.zeros_(fc.bias)
@@ -79,9 +82,14 @@ def choose_bands(probs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]
 
 
 def fit_fused(raw: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: Any, spec: Any,
-              groups: Any = None, progress: bool = True) -> dict[str, Any]:
+              groups: Any = None, progress: bool = True,
+              copies: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Any]:
     """Train the fused model on a uint8 batch: features once, the head on all, calibration out of fold.
 
+    ``copies`` = (uint8 batch, index of each one's source photo): re-composited copies trained beside their
+    sources. Out of fold, a photo's copies are held out with it; the temperature and bands are chosen on the
+    photos themselves, the distance bound of the unknown rule on the photos and their copies (a piece cut
+    from a page must not be called unknown for its background alone).
     Returns the model, temperature, unknown rule, bands and the rule's stats (``train.fit`` wraps them).
     """
     from amulet_lab.model.calibration import CROSS_FIT_FOLDS, fit_temperature, fold_ids
@@ -89,34 +97,42 @@ def fit_fused(raw: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: Any, sp
 
     start = time.perf_counter()
     model = FusedNet(num_classes, mean=spec.mean, std=spec.std)
+    n = len(y)
+    source = torch.arange(n)
+    if copies is not None and len(copies[1]):
+        raw = torch.cat([raw, copies[0]])
+        source = torch.cat([source, copies[1]])
+    y_all = y[source]
+    row_weight = torch.where(torch.arange(len(source)) < n, 1.0, float(getattr(cfg, "recomposed_weight", 1.0)))
     views = _batched_views(model, spec.to_input(raw), progress)
     probes = torch.from_numpy(make_probes(48, spec.size, cfg.seed + 1)).permute(0, 3, 1, 2).contiguous()
     probe = model.view_features(spec.to_input(probes), views=1)[0]
-    rows = torch.arange(len(y))
-    if len(y) >= 2 * CROSS_FIT_FOLDS:
-        fold = fold_ids(y, groups, CROSS_FIT_FOLDS, cfg.seed)
-        lv, dv = torch.empty(len(y), num_classes), torch.empty(len(y))
+    rows = torch.arange(len(y_all))
+    if n >= 2 * CROSS_FIT_FOLDS:
+        fold = fold_ids(y, groups, CROSS_FIT_FOLDS, cfg.seed)[source]  # a copy is in its source's fold
+        lv, dv = torch.empty(len(y_all), num_classes), torch.empty(len(y_all))
         for f in range(CROSS_FIT_FOLDS):
-            _fit_head(model, views, rows[fold != f], y, probe, cfg)
+            _fit_head(model, views, rows[fold != f], y_all, probe, cfg, row_weight)
             held = rows[fold == f]
             with torch.no_grad():
                 lv[held], dv[held] = model.outputs([(c[held], h[held]) for c, h in views])
     else:  # too few photos to hold any out: the training photos stand in (optimistic; the rule's bounds hold)
-        _fit_head(model, views, rows, y, probe, cfg)
+        _fit_head(model, views, rows, y_all, probe, cfg, row_weight)
         with torch.no_grad():
             lv, dv = model.outputs(views)
-    _fit_head(model, views, rows, y, probe, cfg)  # the model itself: every training photo
-    temperature = fit_temperature(lv, y)
-    probs = torch.softmax(lv / temperature, 1)
-    correct = lv.argmax(1) == y
-    known, known_d = (probs[correct], dv[correct]) if bool(correct.any()) else (probs, dv)
+    _fit_head(model, views, rows, y_all, probe, cfg, row_weight)  # the model itself: every training photo and copy
+    temperature = fit_temperature(lv[:n], y)
+    probs_all = torch.softmax(lv / temperature, 1)
+    probs = probs_all[:n]
+    correct = lv.argmax(1) == y_all
+    known, known_d = (probs_all[correct], dv[correct]) if bool(correct.any()) else (probs_all, dv)
     evaluation = torch.from_numpy(make_probes(36, spec.size, cfg.seed + 2)).permute(0, 3, 1, 2).contiguous()
     with torch.no_grad():
         lp, dp = model.forward_with_distance(spec.to_input(evaluation))
     rule, _ = UnknownRule.fit(known, torch.softmax(lp / temperature, 1), known_distance=known_d, probe_distance=dp,
                               keep=1.0)
     rule.max_distance = 1.25 * float(torch.quantile(known_d, 0.95))
-    stats = {"known_pass_rate": float((~rule(probs, dv)).float().mean()),
+    stats = {"known_pass_rate": float((~rule(probs, dv[:n])).float().mean()),
              "probe_reject_rate": float(rule(torch.softmax(lp / temperature, 1), dp).float().mean())}
     model.eval()
     return {"model": model, "temperature": temperature, "unknown": rule, "bands": choose_bands(probs, y),

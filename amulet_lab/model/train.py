@@ -136,7 +136,8 @@ def _fit(
     if cfg.arch == "fused":  # features once, a linear head, calibration out of fold (no validation split used)
         from amulet_lab.model.fused_fit import fit_fused
 
-        done = fit_fused(raw, y, num_classes, cfg, spec, groups=train_groups, progress=progress)
+        copies = _recomposed(train_images, cfg, load_size) if cfg.recomposed_copies else None
+        done = fit_fused(raw, y, num_classes, cfg, spec, groups=train_groups, progress=progress, copies=copies)
         return TrainResult(model=done["model"], spec=spec, temperature=done["temperature"], unknown=done["unknown"],
                            history=[], best_epoch=0, seconds=time.perf_counter() - start,
                            unknown_stats=done["unknown_stats"], config=cfg, bands=done["bands"])
@@ -244,6 +245,20 @@ def _fit(
         model=model, spec=spec, temperature=temperature, unknown=rule, history=history, best_epoch=best_epoch,
         seconds=time.perf_counter() - start, unknown_stats=stats, config=cfg,
     )
+
+
+def _recomposed(images: Sequence[Any], cfg: TrainConfig, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cfg.recomposed_copies`` re-composited copies of each training image (uint8 batch) and the index of its source."""
+    from amulet_lab.data.recomposite import recomposite
+    from amulet_lab.images import decode
+
+    crops, source = [], []
+    for i, item in enumerate(images):
+        image = decode(item)
+        for j in range(cfg.recomposed_copies):
+            crops.append(recomposite(image, seed=(cfg.seed * 1_000_003 + i) * 16 + j))
+            source.append(i)
+    return to_uint8_batch(crops, size), torch.tensor(source, dtype=torch.long)
 
 
 def _arch_kwargs(cfg: TrainConfig, spec: PreprocessSpec) -> dict[str, Any]:

@@ -43,6 +43,12 @@ class TrainConfig:
     # Torch threads while training (0: leave torch's setting). One: convolutions this small gain little from a
     # second thread, and on a shared machine OpenMP threads waiting on each other made steps 4x slower.
     threads: int = 1
+    # The fused recipe also trains on this many copies of each training crop re-composited on a page, paper,
+    # wood or cloth with a print or phone look (``data.recomposite``), so that a piece cut from a phone photo
+    # is recognised, not only a crop on red. 0: the red crops alone.
+    recomposed_copies: int = 0
+    # Each copy's weight in the head's loss (a photo itself weighs 1).
+    recomposed_weight: float = 1.0
 
     def __post_init__(self) -> None:
         from amulet_lab.model.arch import ARCHITECTURES
@@ -54,6 +60,13 @@ class TrainConfig:
             raise ValidationError("threads must be a whole number >= 0", field="threads", value=self.threads)
         if not isinstance(self.cnn_size, int) or isinstance(self.cnn_size, bool) or self.cnn_size < 0:
             raise ValidationError("cnn_size must be a whole number >= 0", field="cnn_size", value=self.cnn_size)
+        if not isinstance(self.recomposed_copies, int) or isinstance(self.recomposed_copies, bool) \
+                or not 0 <= self.recomposed_copies <= 8:
+            raise ValidationError("recomposed_copies must be a whole number in 0..8", field="recomposed_copies",
+                                  value=self.recomposed_copies)
+        if not 0 < self.recomposed_weight <= 1:
+            raise ValidationError("recomposed_weight must be in (0, 1]", field="recomposed_weight",
+                                  value=self.recomposed_weight)
         for name in ("img_size", "epochs", "batch_size", "feature_views", "patience"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -71,5 +84,5 @@ BUNDLED_CONFIG: dict[str, Any] = {
     "arch": "ensemble", "img_size": 128, "cnn_size": 64, "epochs": 14, "batch_size": 32, "lr": 5e-3,
     "weight_decay": 5e-4, "label_smoothing": 0.1, "dropout": 0.3, "feature_weight": 0.5, "feature_l2": 4e-2,
     "feature_views": 3, "outlier_weight": 0.15, "probes_per_batch": 4, "patience": 8, "min_epochs": 6, "seed": 0,
-    "threads": 1,
+    "threads": 1, "recomposed_copies": 0, "recomposed_weight": 1.0,
 }

@@ -1,4 +1,5 @@
-"""The notebook app of ``01_classify.ipynb``: ``ClassifierApp``, built from a classifier (Classify and Gallery tabs).
+"""The notebook app of ``01_classify.ipynb``: ``ClassifierApp``, built from a classifier (Classify, Gallery,
+Phone photo and Train tabs).
 
 All logic lives here so it is tested headless: a test sets ``app.front_upload.value`` to the
 ipywidgets 8 shape (a tuple of dicts with ``name``, ``type``, ``size``, ``content`` as memoryview),
@@ -29,6 +30,8 @@ from amulet_lab.widgets._explain import WhyPanel
 from amulet_lab.widgets._html import (_BAND_COLOURS, _CHART_PX, _PREVIEW_PX, _SIDES, _WRAP, _img_html, _placeholder,
                                       _read, _thumbnail, band_words, english_name, sample_pair, upload_bytes)
 from amulet_lab.widgets.gallery import Gallery, GalleryItem
+from amulet_lab.widgets.scene import ScenePanel
+from amulet_lab.widgets.train import TrainPanel
 
 __all__ = ["ClassifierApp"]
 
@@ -120,8 +123,11 @@ class ClassifierApp:
         single = w.HBox([w.VBox([self.front_preview, self.back_preview]),
                          w.VBox([self.result_html, self.why.widget, self.chart, self.latency_html],
                                 layout=w.Layout(flex="1 1 auto", min_width="0"))])
-        self.tabs = w.Tab(children=[w.VBox([inputs, self.status, single]), self.gallery_panel.widget])
-        self.tabs.titles = ("Classify", "Gallery")
+        self.scene_panel = ScenePanel(classifier)  # the Phone photo tab: every piece of a photo (widgets.scene)
+        self.train_panel = TrainPanel(on_use=self.use_classifier, template=classifier)
+        self.tabs = w.Tab(children=[w.VBox([inputs, self.status, single]), self.gallery_panel.widget,
+                                    self.scene_panel.widget, self.train_panel.widget])
+        self.tabs.titles = ("Classify", "Gallery", "Phone photo", "Train")
         self.model_html = w.HTML(self._model_headline())
         self.widget = w.VBox([self.model_html, self.tabs])
         self._show_sources()
@@ -136,6 +142,18 @@ class ClassifierApp:
                                              "its answers on real photos.</b>")
         return (f"<div style='border-left:4px solid #90caf9;padding:2px 8px;margin-bottom:4px'>Model: "
                 f"{html.escape(card.headline())}.{warn}</div>")
+
+    def use_classifier(self, classifier: Any) -> None:
+        """Classify with ``classifier`` from now on (Classify and Gallery tabs); the headline shows its model card."""
+        if not hasattr(classifier, "predict_pair") or not hasattr(classifier, "predict_batch"):
+            raise ValidationError("use_classifier needs a classifier with predict_pair and predict_batch",
+                                  field="classifier", value=type(classifier).__name__)
+        self.classifier = self.gallery_panel.classifier = classifier
+        self.model_html.value = self._model_headline()
+        self._clear_result()  # the answer on show came from the previous model
+        self.state = {"status": "waiting for a photo", "sources": self._source_state()}
+        self.status.value = "<i>Model switched: upload a photo or press Classify.</i>"
+        self.tabs.selected_index = 0
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, *, settings: Any = None, **kwargs: Any) -> ClassifierApp:
