@@ -153,7 +153,11 @@ class UIReport:
         lines += [f"upload -> result ({u['tab']}) {u['photo']} ({u['bytes'] / 1e6:.2f} MB): {u['seconds']:.2f} s"
                   for u in t["uploads"]]
         lines += [f"{k[:-len('_press_s')]} pressed -> idle: {v:.2f} s" for k, v in t.items() if k.endswith("_press_s")]
-        lines.append(f"Thai letters have a font in the browser: {self.environment['thai_font']}")
+        env = self.environment
+        lines.append(f"Thai letters have a font in the browser: {env['thai_font']}")
+        if "load_average_before" in env:
+            lines.append(f"load average before/after: {env['load_average_before'][0]} / "
+                         f"{env['load_average_after'][0]} on {env['cpus']} CPUs")
         faults = self.faults()
         lines.append("layout faults: " + ("none seen" if not faults else f"{len(faults)}"))
         lines += [f"  {f}" for f in faults]
@@ -331,6 +335,7 @@ def run_ui_check(chromium: str | Path, *, notebooks: str | Path | None = None, n
     out.mkdir(parents=True, exist_ok=True)
     for old in list(out.glob("*.png")) + list(out.glob("ui.json")):
         old.unlink()  # a run shows only what it saw: no screenshot of a tab that is gone stays behind
+    load_before = [round(x, 2) for x in os.getloadavg()]  # other work on the machine slows every figure below
     with tempfile.TemporaryDirectory(prefix="amulet-ui-photos-") as tmp, \
             JupyterLabProcess(notebooks, root=root, python=python) as lab, \
             ChromiumProcess(chromium, window=viewport) as browser_proc, sync_api.sync_playwright() as pw:
@@ -365,7 +370,8 @@ def run_ui_check(chromium: str | Path, *, notebooks: str | Path | None = None, n
             d.shoot(f"02_upload_{i}_{slug(photo.stem)}", f"the Classify tab after uploading {photo.name}")
         tabs = _visit_tabs(d, press, uploads["phone"], timings)
         environment = {"chromium": browser.version, "viewport": list(viewport), "thai_font": bool(page.evaluate(_THAI_JS)),
-                       "load_average": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
+                       "load_average_before": load_before, "load_average_after": [round(x, 2) for x in os.getloadavg()],
+                       "cpus": os.cpu_count(),
                        "root": str(root), "notebooks": str(notebooks)}
         context.close()
         browser.close()
