@@ -44,9 +44,9 @@ bench: venv
 # Run notebooks/01_classify.ipynb in JupyterLab in a local headless Chromium (not in CI): screenshots and
 # timings into reports/ui/. Exit code 2 from amulet-lab when no Chromium is found (AMULET_CHROMIUM).
 ui-check: venv
-	@$(BIN)/amulet-lab bench ui --find-chromium >/dev/null
+	@$(BIN)/python -m amulet_lab bench ui --find-chromium >/dev/null
 	@$(MAKE) --no-print-directory $(UI_STAMP)
-	$(BIN)/amulet-lab bench ui
+	$(BIN)/python -m amulet_lab bench ui
 
 $(UI_STAMP): requirements-ui.txt $(STAMP)
 	@rm -f $(VENV)/.installed-ui-*
