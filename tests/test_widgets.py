@@ -324,3 +324,11 @@ def test_helpers():
         upload_bytes(("nope",))
     with pytest.raises(ValidationError):
         ClassifierApp(object())
+
+
+def test_the_app_carries_the_bundled_thai_font(classifier):
+    """The browser needs no Thai font of its own: the app's top holds a subset of the bundled one."""
+    from amulet_lab.fonts import BUNDLED_THAI_FAMILY
+
+    app = ClassifierApp(classifier)
+    assert "@font-face" in app.model_html.value and BUNDLED_THAI_FAMILY in app.model_html.value

@@ -6,10 +6,13 @@ import base64
 import functools
 import html
 import io
+import logging
 from pathlib import Path
 from typing import Any
 
 from amulet_lab.errors import AmuletError, ValidationError
+
+log = logging.getLogger("amulet_lab.widgets")
 
 __all__ = ["BAND_WORDS", "band_words", "english_name", "sample_pair", "upload_bytes"]
 
@@ -83,6 +86,20 @@ def upload_bytes(value: Any) -> tuple[str, bytes] | None:
         raise ValidationError("unexpected FileUpload value: expected dicts with 'content'", field="upload", value=type(item).__name__)
     return str(item.get("name", "upload")), bytes(item["content"])
 
+
+
+def thai_face_for(classifier: Any) -> str:
+    """The bundled Thai font's ``@font-face`` for the Thai names of ``classifier``'s labels and data/labels.json."""
+    from amulet_lab.fonts import thai_font_face
+
+    names = {str(getattr(lab, "thai", "")) for lab in getattr(classifier, "labels", None) or ()}
+    try:
+        from amulet_lab.data.labels import load_labels
+
+        names |= {lab.thai for lab in load_labels()}
+    except AmuletError:
+        log.info("data/labels.json could not be read: the Thai font covers the classifier's own names only")
+    return thai_font_face("".join(sorted(names)))
 
 
 def _thumbnail(data: bytes, side: int = 112) -> bytes:

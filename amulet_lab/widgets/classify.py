@@ -28,7 +28,8 @@ from amulet_lab.errors import AmuletError, ValidationError
 from amulet_lab.fonts import thai_html
 from amulet_lab.widgets._explain import WhyPanel
 from amulet_lab.widgets._html import (_BAND_COLOURS, _CHART_PX, _PREVIEW_PX, _SIDES, _WRAP, _img_html, _placeholder,
-                                      _read, _thumbnail, band_words, english_name, sample_pair, upload_bytes)
+                                      _read, _thumbnail, band_words, english_name, sample_pair, thai_face_for,
+                                      upload_bytes)
 from amulet_lab.widgets.gallery import Gallery, GalleryItem
 from amulet_lab.widgets.scene import ScenePanel
 from amulet_lab.widgets.train import TrainPanel
@@ -136,11 +137,12 @@ class ClassifierApp:
     def _model_headline(self) -> str:
         """What the model was trained on and how well it does (its model card), at the top of the app."""
         card = getattr(self.classifier, "card", None)
+        face = thai_face_for(self.classifier)  # the bundled Thai font, once for the whole app
         if card is None:
-            return "<div style='color:#777'><i>This model has no model card: what it was trained on is not known.</i></div>"
+            return face + "<div style='color:#777'><i>This model has no model card: what it was trained on is not known.</i></div>"
         warn = "" if card.real_photos else (" <b style='color:#c62828'>It has never seen a real amulet: do not trust "
                                              "its answers on real photos.</b>")
-        return (f"<div style='border-left:4px solid #90caf9;padding:2px 8px;margin-bottom:4px'>Model: "
+        return face + (f"<div style='border-left:4px solid #90caf9;padding:2px 8px;margin-bottom:4px'>Model: "
                 f"{html.escape(card.headline())}.{warn}</div>")
 
     def use_classifier(self, classifier: Any) -> None:

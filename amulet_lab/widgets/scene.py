@@ -24,7 +24,7 @@ from typing import Any
 from amulet_lab.errors import AmuletError, ValidationError
 from amulet_lab.fonts import thai_html
 from amulet_lab.widgets._html import (_BAND_COLOURS, _WRAP, _img_html, _placeholder, _read, band_words,
-                                      upload_bytes)
+                                      thai_face_for, upload_bytes)
 
 __all__ = ["ScenePanel", "draw_boxes"]
 
@@ -118,8 +118,8 @@ class ScenePanel:
         self.run_button.on_click(lambda _b: self._safely(self.run))
         self.clear_button.on_click(lambda _b: self._safely(self.clear))
         self.widget = w.VBox([
-            w.HTML("<b>Every amulet in a phone photo</b>: one or several pieces on a page, table or cloth, "
-                   "any way up. Each is boxed, numbered and listed."),
+            w.HTML(thai_face_for(classifier) + "<b>Every amulet in a phone photo</b>: one or several pieces on a "
+                   "page, table or cloth, any way up. Each is boxed, numbered and listed."),
             w.HBox([self.upload, self.path, self.run_button, self.clear_button]),
             self.status, self.headline, self.photo, self.table, self.timings,
         ])
