@@ -257,8 +257,8 @@ PUBLIC_ALL: dict[str, list[str]] = {
         "existing_file", "hash_stream"
     ],
     "amulet_lab.fonts": [
-        "KNOWN_THAI_FONTS", "THAI_CSS_FONT_STACK", "figure_text", "font_family_with_thai", "has_thai",
-        "thai_font_note", "thai_fonts", "thai_html"
+        "BUNDLED_THAI_FAMILY", "KNOWN_THAI_FONTS", "THAI_CSS_FONT_STACK", "bundled_thai_font", "figure_text",
+        "font_family_with_thai", "has_thai", "thai_font_face", "thai_font_note", "thai_fonts", "thai_html"
     ],
     "amulet_lab.health": [
         "ERROR_RATE_DEGRADED", "HEALTH_SCHEMA", "PUBLIC_MODEL_KEYS", "api_metrics", "build_health_report",
