@@ -86,7 +86,8 @@ class ClassifierApp:
         self._quiet = False  # set while the app itself changes an input widget: not the user's doing
 
         self.front_upload = w.FileUpload(accept="image/*", multiple=False, description="Front photo")
-        self.back_upload = w.FileUpload(accept="image/*", multiple=False, description="Back (optional)")
+        self.back_upload = w.FileUpload(accept="image/*", multiple=False, description="Back photo",
+                                        tooltip="optional: the back of the same piece")
         self.front_path = w.Text(placeholder="…or a path to the front photo", continuous_update=False,
                                  layout=w.Layout(width="360px"))
         self.back_path = w.Text(placeholder="…or a path to the back", continuous_update=False,
@@ -121,9 +122,13 @@ class ClassifierApp:
             w.VBox([self.front_source, self.back_source]),
             self.classify_button,
         ])
-        single = w.HBox([w.VBox([self.front_preview, self.back_preview]),
+        # The preview column is as wide as its previews (ui-check saw a 200 px column holding 230 px widgets
+        # scroll sideways); the result column takes the rest and never widens the tab.
+        single = w.HBox([w.VBox([self.front_preview, self.back_preview],
+                                layout=w.Layout(width=f"{_PREVIEW_PX + 14}px", flex="0 0 auto")),
                          w.VBox([self.result_html, self.why.widget, self.chart, self.latency_html],
-                                layout=w.Layout(flex="1 1 auto", min_width="0"))])
+                                layout=w.Layout(flex="1 1 auto", min_width="0", overflow="hidden"))],
+                        layout=w.Layout(width="100%", overflow="hidden"))
         self.scene_panel = ScenePanel(classifier)  # the Phone photo tab: every piece of a photo (widgets.scene)
         self.train_panel = TrainPanel(on_use=self.use_classifier, template=classifier)
         self.tabs = w.Tab(children=[w.VBox([inputs, self.status, single]), self.gallery_panel.widget,
@@ -381,11 +386,13 @@ class ClassifierApp:
         self.result_html.value = (
             headline +
             f"<p>{html.escape(agree_text)}</p>"
-            f"<table><thead><tr><th style='text-align:left'>class</th><th style='text-align:left'>Thai name</th>"
+            f"<table><thead><tr><th style='text-align:left'>{'closest known type (a hint)' if main.is_unknown else 'class'}"
+            f"</th><th style='text-align:left'>Thai name</th>"
             f"<th>probability</th></tr></thead><tbody>{rows}</tbody></table>"
         )
         chart_rows = [(row[0], en, row[-1]) for en, row in zip(english, top)]
-        png = figure_to_png(topk_figure(chart_rows, title="top-k probabilities", width=_CHART_PX / 96), dpi=96)
+        title = "closest known types (hints: not one of them)" if main.is_unknown else "top-k probabilities"
+        png = figure_to_png(topk_figure(chart_rows, title=title, width=_CHART_PX / 96), dpi=96)
         alt = "top-k probabilities: " + ", ".join(f"{en} {float(row[-1]):.0%}" for en, row in zip(english, top))
         self.chart.value = _img_html(png, "image/png", alt=alt, max_width=_CHART_PX)
         self.latency_html.value = "".join(
