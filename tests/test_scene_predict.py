@@ -115,3 +115,31 @@ def test_scene_micro_benchmark_quick_has_its_figures():
     for fmt in ("jpeg", "heif"):
         assert result.figures[f"{fmt}_pieces"] >= 1 and result.figures[f"{fmt}_p95_ms"] >= result.figures[f"{fmt}_p50_ms"]
         assert result.figures[f"{fmt}_peak_rss_above_idle_mb"] >= 0
+
+
+def test_pieces_go_to_the_pieces_model_and_a_tight_crop_to_the_main_one(sources, tmp_path):
+    """``pieces`` (the bundled amulet6-scene.pt beside amulet6.pt) classifies what is cut from a photo; a photo
+    that is one tight crop stays with the main model, exactly as ``predict``; a ``-scene.pt`` sibling is found."""
+    import shutil
+
+    from amulet_lab.model import load_checkpoint
+
+    pieces = AmuletClassifier(load_checkpoint(SYNTHETIC_CHECKPOINT), cache=False, monitor=PerformanceMonitor())
+    main = AmuletClassifier(load_checkpoint(SYNTHETIC_CHECKPOINT), cache=False, monitor=PerformanceMonitor(),
+                            pieces=pieces)
+    scene = make_composite(sources, seed=3, index=0, n_pieces=3)
+    found = main.predict_scene(scene.data)
+    assert len(found.pieces) >= 2
+    assert pieces.stats()["predictions"] >= len(found.pieces) and main.stats()["predictions"] == 0
+    x0, y0, x1, y1 = main.predict_scene(sources[0].image).pieces[0].box
+    crop = sources[0].image.crop((x0 - 4, y0 - 4, x1 + 4, y1 + 4))  # one piece over most of the frame
+    before, main_before = pieces.stats()["predictions"], main.stats()["predictions"]
+    tight = main.predict_scene(crop)
+    assert len(tight.pieces) == 1
+    assert main.stats()["predictions"] == main_before + 1 and pieces.stats()["predictions"] == before
+    with pytest.raises(ValidationError):
+        AmuletClassifier(load_checkpoint(SYNTHETIC_CHECKPOINT), pieces="nope")
+    shutil.copy(SYNTHETIC_CHECKPOINT, tmp_path / "mine.pt")
+    assert AmuletClassifier.from_checkpoint(tmp_path / "mine.pt", cache=False).pieces is None
+    shutil.copy(SYNTHETIC_CHECKPOINT, tmp_path / "mine-scene.pt")
+    assert isinstance(AmuletClassifier.from_checkpoint(tmp_path / "mine.pt", cache=False).pieces, AmuletClassifier)

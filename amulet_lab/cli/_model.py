@@ -77,7 +77,7 @@ def _train_default(args: argparse.Namespace, settings: Any) -> int:
     if args.synthetic:
         ck = train_synthetic(args.out, progress=not args.quiet)
     else:  # the real photos, or a coded error saying they are absent (never a silent fall-back)
-        ck = train_real(args.data, args.out, progress=not args.quiet)
+        ck = train_real(args.data, args.out, progress=not args.quiet, scene=args.scene)
     from amulet_lab.model.card import model_card
 
     print(f"saved {ck.path} ({Path(ck.path).stat().st_size / 1e6:.2f} MB), {ck.metadata['train_seconds']:.0f} s "
@@ -224,6 +224,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                           "model card. --synthetic: rebuild data/models/amulet6-synth.pt from generated "
                                           "pieces instead (any machine; reproducible).")
     p.add_argument("--synthetic", action="store_true", help="rebuild the synthetic stand-in instead")
+    p.add_argument("--scene", action="store_true",
+                   help="rebuild data/models/amulet6-scene.pt, the pieces' model of predict_scene (re-composited copies)")
     p.add_argument("--data", metavar="DIR", help="the real photos (default ../shared/datasets/amulet6)")
     p.add_argument("--out", help="checkpoint to write (default data/models/amulet6.pt, or amulet6-synth.pt)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -77,6 +77,7 @@ class AmuletClassifier:
         monitor: PerformanceMonitor | None = None,
         torch_threads: int = 0,
         decode_workers: int = 2,
+        pieces: AmuletClassifier | None = None,
     ) -> None:
         if not isinstance(checkpoint, Checkpoint):
             raise ValidationError("AmuletClassifier needs a Checkpoint (use from_checkpoint)", field="checkpoint")
@@ -99,6 +100,10 @@ class AmuletClassifier:
         self.limits = limits if limits is not None else ImageLimits()
         self.bands = (float(reliable), float(verify))
         self.decode_workers = decode_workers
+        if pieces is not None and not isinstance(pieces, AmuletClassifier):
+            raise ValidationError("pieces must be an AmuletClassifier", field="pieces", value=type(pieces).__name__)
+        #: The model ``predict_scene`` classifies pieces cut from a photo with (None: this one); see ``from_checkpoint``.
+        self.pieces = pieces
         from amulet_lab.data import Label
 
         self.labels = [Label(int(d.get("index", i)), d["key"], d.get("thai", d["key"]), d.get("english", d["key"]))
@@ -127,13 +132,20 @@ class AmuletClassifier:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, **kwargs: Any) -> AmuletClassifier:
-        """Load a checkpoint (default: the bundled one) into a classifier; ``kwargs`` go to the constructor."""
+        """Load a checkpoint (default: the bundled one) into a classifier; ``kwargs`` go to the constructor.
+
+        A ``<name>-scene.pt`` beside ``<name>.pt`` (the bundled ``amulet6-scene.pt``) becomes ``pieces``, the
+        model of the pieces ``predict_scene`` cuts from photos, with the same options (and cache).
+        """
         target = Path(path) if path is not None else default_checkpoint_path()
         if path is None and not target.is_file():
             raise ModelError(
                 f"the default checkpoint {target} is missing; run `make train-default` (amulet-lab train-default)",
                 code="E_CHECKPOINT_MISSING", context={"path": str(target)},
             )
+        scene = target.with_name(f"{target.stem}-scene{target.suffix}")
+        if "pieces" not in kwargs and scene.is_file():
+            kwargs["pieces"] = cls(load_checkpoint(scene), **kwargs)
         return cls(load_checkpoint(target), **kwargs)
 
     @classmethod

@@ -3,7 +3,9 @@ classifies it; the photo's answer is the class the confident pieces agree on, el
 
 The way of a photo: the finder runs on a reduced decode (JPEG draft, about 800 px); the crops are cut from a
 second decode at up to ``CROP_SIDE`` px (the model needs 224 px a piece, so a 12-MP frame is never held in
-full); each crop is classified in one batch. A piece whose quarter turn the finder could not read from its
+full); each crop is classified in one batch, by ``classifier.pieces`` where it has one (the bundled
+``amulet6-scene.pt``, trained also on its photos re-composited on pages, wood and cloth: a piece cut from a
+phone photo stands on those, not on red), else by the classifier itself. A piece whose quarter turn the finder could not read from its
 shape (``rotation_score`` below 0.5: square, hexagonal, oval pieces) and whose answer at the finder's turn is
 not reliable is classified at the other three turns too, and the most confident kept. A HEIC photo is
 decoded once (libheif has no reduced decode): the finder and the crops share that decode. A photo that is already a tight crop (one piece over most of the frame, upright) is
@@ -124,13 +126,14 @@ def predict_scene(classifier: Any, image: Any, *, top_k: int = 3) -> ScenePredic
         fx, fy = full.width / width, full.height / height
         t_decode = time.perf_counter()
         # Each crop reduced to no less than twice the model's input before its tilt is undone (``crop_piece``).
-        crops = [piece.scaled(fx, fy).crop(full, max_side=2 * classifier.spec.size) for piece in found.pieces]
-        first = classifier.predict_batch(crops, batch_size=4, top_k=top_k)
+        model = classifier.pieces or classifier  # the pieces' model: trained on crops off their red background
+        crops = [piece.scaled(fx, fy).crop(full, max_side=2 * model.spec.size) for piece in found.pieces]
+        first = model.predict_batch(crops, batch_size=4, top_k=top_k)
         best = {i: (pred, found.pieces[i].rotation) for i, pred in enumerate(first)}
         unsure = [i for i, piece in enumerate(found.pieces)
                   if piece.rotation_score < _TURN_SURE and best[i][0].confidence_band != "reliable"]
         tries = [(i, extra) for i in unsure for extra in (90, 180, 270)]
-        more = classifier.predict_batch([crops[i].rotate(extra, expand=True) for i, extra in tries], batch_size=4,
+        more = model.predict_batch([crops[i].rotate(extra, expand=True) for i, extra in tries], batch_size=4,
                                         top_k=top_k) if tries else []
         for (i, extra), pred in zip(tries, more):
             if (not pred.is_unknown, pred.confidence) > (not best[i][0].is_unknown, best[i][0].confidence):
@@ -192,5 +195,6 @@ def _pairs(classifier: Any, pieces: list[ScenePiece], top_k: int) -> list[tuple[
             a, b = members
             area = [(pieces[i].box[2] - pieces[i].box[0]) * (pieces[i].box[3] - pieces[i].box[1]) for i in (a, b)]
             if max(area) <= 1.5 * max(1, min(area)):
-                out.append((a, b, classifier.combine(pieces[a].prediction, pieces[b].prediction, top_k=top_k)))
+                out.append((a, b, (classifier.pieces or classifier).combine(pieces[a].prediction, pieces[b].prediction,
+                                                                            top_k=top_k)))
     return out
