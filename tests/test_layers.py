@@ -241,10 +241,10 @@ PUBLIC_ALL: dict[str, list[str]] = {
     "amulet_lab.cli": ["build_parser", "main"],
     "amulet_lab.config": ["PROJECT_ROOT", "Settings", "VARIABLES", "Variable", "get_settings", "load_settings"],
     "amulet_lab.data": [
-        "Composite", "CompositePiece", "DEFAULT_LABELS_PATH", "DatasetSplits", "Label", "SAMPLES_DIR", "Sample",
-        "SourcePiece", "content_fingerprint", "fingerprint", "folder_sources", "load_dataset", "load_labels",
-        "make_composite", "read_manifest", "stratified_kfold", "synthesize", "synthesize_unknowns",
-        "synthetic_sources", "write_composites"
+        "Composite", "CompositePiece", "DEFAULT_LABELS_PATH", "DatasetSplits", "Label", "NOT_AMULET", "REVIEW_HEADER",
+        "ReviewLabels", "ReviewRow", "SAMPLES_DIR", "Sample", "SourcePiece", "content_fingerprint", "fingerprint",
+        "folder_sources", "load_dataset", "load_labels", "make_composite", "photo_sha256", "read_manifest",
+        "stratified_kfold", "synthesize", "synthesize_unknowns", "synthetic_sources", "write_composites"
     ],
     "amulet_lab.display": ["format_value", "html_table"],
     "amulet_lab.errors": [
@@ -300,9 +300,8 @@ PUBLIC_ALL: dict[str, list[str]] = {
         "get_thread_pool_manager", "named_lock", "thread_safe_operation"
     ],
     "amulet_lab.widgets": [
-        "BAND_WORDS", "ClassifierApp", "Gallery", "GalleryItem", "ScenePanel", "TrainPanel", "band_words", "english_name",
-        "sample_pair",
-        "upload_bytes"
+        "BAND_WORDS", "ClassifierApp", "Gallery", "GalleryItem", "ReviewPanel", "ScenePanel", "TrainPanel", "band_words",
+        "english_name", "sample_pair", "upload_bytes"
     ],
 }
 

@@ -309,7 +309,9 @@ def test_gallery_is_in_the_saved_widget_state(classifier, tmp_path):
         st = todo.pop()
         markup += str(st.get("value", "")) if st.get("_model_name") == "HTMLModel" else ""
         todo.extend(saved[c.removeprefix("IPY_MODEL_")]["state"] for c in st.get("children", []))
-    assert markup.count("class='amulet-card'") == 4 and len(_images(markup)) == 3
+    # three card thumbnails (the broken photo has a placeholder) and the review area's preview of its selected card
+    assert markup.count("class='amulet-card'") == 4 and len(_images(markup)) == 3 + 1
+    assert markup.count("class='amulet-review-preview'") == 1
     assert "most uncertain first" in markup
 
 

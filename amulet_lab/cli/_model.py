@@ -27,8 +27,12 @@ def _train(args: argparse.Namespace, settings: Any) -> int:
 
     _threads(settings)
     ck = train(args.data_dir, out=args.out, config=_config(args), val_fraction=args.val_fraction,
-               include_val=args.include_val, progress=not args.quiet)
+               include_val=args.include_val, progress=not args.quiet, review=args.labels)
     meta = ck.metadata
+    if "review" in meta:
+        r = meta["review"]
+        print(f"reviewed labels {r['csv']}: {r['rows']} row(s), {r['relabelled']} relabelled, {r['confirmed']} confirmed, "
+              f"{r['added']} added, {r['left_out']} left out (not an amulet of these types), {r['missing']} gone")
     m = meta.get("metrics") or {}
     epochs = f", best epoch {meta['best_epoch']} of {meta['epochs_run']}" if meta["epochs_run"] else ""  # a CNN's only
     print(f"saved {args.out} ({Path(args.out).stat().st_size / 1e6:.2f} MB) in {meta['train_seconds']:.0f} s, "
@@ -203,6 +207,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--include-val", action="store_true", dest="include_val",
                    help="train on train+val (a CNN: the full epochs, no early stopping, T=1; features: calibrated out of fold, "
                         "given 10 or more images)")
+    p.add_argument("--labels", metavar="CSV",
+                   help="reviewed labels (path,sha256,label; the gallery writes them): a listed photo is trained as its "
+                        "label, _unknown leaves it out; a photo changed since its review is refused (E_REVIEW_STALE)")
     _train_args(p)
     p.set_defaults(func=_train)
 

@@ -18,11 +18,17 @@ from amulet_lab.data.composites import (
 )
 from amulet_lab.data.dataset import DatasetSplits, Sample, content_fingerprint, fingerprint, load_dataset, stratified_kfold
 from amulet_lab.data.labels import DEFAULT_LABELS_PATH, Label, load_labels
+from amulet_lab.data.review import NOT_AMULET, REVIEW_HEADER, ReviewLabels, ReviewRow, photo_sha256
 from amulet_lab.data.synth import synthesize, synthesize_unknowns
 
 __all__ = [
     "Label",
     "load_labels",
+    "ReviewLabels",
+    "ReviewRow",
+    "REVIEW_HEADER",
+    "NOT_AMULET",
+    "photo_sha256",
     "Sample",
     "DatasetSplits",
     "load_dataset",

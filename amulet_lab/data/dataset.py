@@ -2,7 +2,8 @@
 
 Layouts: ``root/<class>/*.jpg`` (split here, seeded and stratified) or ``root/{train,val,test}/<class>/...``
 (used as given). Class folders are keys of ``labels.json``; folders starting with ``_`` or ``.`` are not
-classes (``_unknown/`` holds negatives for rejection checks). A *group* is one physical piece (its front and
+classes (``_unknown/`` holds negatives for rejection checks). A review CSV (``review=``, ``data.review``) overrides
+and extends the folders' labels. A *group* is one physical piece (its front and
 back): groups come from a ``groups.json``/``groups.csv`` in the root, a mapping, a callable or a
 ``"regex:..."`` naming rule, and never straddle two splits or folds.
 """
@@ -15,6 +16,7 @@ import dataclasses
 import hashlib
 import html
 import json
+import logging
 import os
 import random
 import re
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from amulet_lab.data.labels import Label, load_labels
+from amulet_lab.data.review import NOT_AMULET, ReviewLabels
 from amulet_lab.errors import ValidationError
 
 __all__ = [
@@ -46,6 +49,8 @@ GROUP_FILES = ("groups.json", "groups.csv")
 #: path relative to the root (group ``group`` or the first group is the id), or a callable ``Path -> id``.
 #: Ids from a file, a mapping or a regex are per class (stored as ``"<class key>:<id>"``); a callable's ids
 #: are used as returned.
+log = logging.getLogger("amulet_lab.data")
+
 GroupsSpec = Union[None, str, os.PathLike, Mapping[str, str], Callable[[Path], Union[str, None]]]
 
 _SIDE = re.compile(r"(?:^|[^a-z])(front|back)(?:[^a-z]|$)")
@@ -64,13 +69,14 @@ class Sample:
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSplits:
-    """The train, val and test samples of a dataset with its labels."""
+    """The train, val and test samples of a dataset with its labels (and what a review CSV changed, if one was given)."""
 
     train: list[Sample]
     val: list[Sample]
     test: list[Sample]
     labels: list[Label]
     root: Path | None = None
+    review: dict[str, Any] | None = None
 
     @property
     def all(self) -> list[Sample]:
@@ -111,8 +117,15 @@ def load_dataset(
     groups: GroupsSpec = None,
     test_fraction: float = 0.0,
     labels: Sequence[Label] | str | os.PathLike | None = None,
+    review: ReviewLabels | str | os.PathLike | None = None,
 ) -> DatasetSplits:
-    """Load an image-folder dataset and split it (stratified, seeded, groups kept together) unless it is pre-split."""
+    """Load an image-folder dataset and split it (stratified, seeded, groups kept together) unless it is pre-split.
+
+    ``review`` (a ``path,sha256,label`` CSV or a ``ReviewLabels``) overrides the folders' labels: a listed photo
+    is that label (``_unknown``: left out), a listed photo outside the class folders is added (to train/ when
+    the folder is pre-split). A listed photo whose bytes changed since the review is refused
+    (``E_REVIEW_STALE``); one that is gone is skipped with a warning. ``.review`` of the result counts them.
+    """
     base = Path(root)
     if not base.is_dir():
         raise ValidationError(f"dataset folder not found: {base}", field="root", value=str(base),
@@ -127,6 +140,7 @@ def load_dataset(
     label_list = list(labels) if isinstance(labels, Sequence) and not isinstance(labels, str) else load_labels(labels)
     by_key = {label.key: label for label in label_list}
     group_of = _group_resolver(base, groups)
+    reviewed = _review_of(review, label_list)
 
     split_dirs = {name: base / name for name in SPLIT_NAMES if (base / name).is_dir()}
     if split_dirs and test_fraction > 0:
@@ -138,20 +152,98 @@ def load_dataset(
         found = {name: _scan_classes(folder, base, by_key, group_of) for name, folder in split_dirs.items()}
         train = found.get("train", [])
         val, test = found.get("val", []), found.get("test", [])
+        summary = None
+        if reviewed is not None:
+            (train, val, test), summary = _apply_review([train, val, test], reviewed, by_key)
         if not train and not val and not test:
             raise ValidationError(f"no images under {base} (train/, val/, test/ are empty)", field="root",
                                   value=str(base), code="E_DATASET_EMPTY")
         if "val" not in split_dirs and val_fraction > 0:  # only train/ (and test/) given: carve val out of train
             train, val = _split(train, val_fraction, seed)
-        return DatasetSplits(train, val, test, label_list, base)
+        return DatasetSplits(train, val, test, label_list, base, summary)
 
     samples = _scan_classes(base, base, by_key, group_of)
+    summary = None
+    if reviewed is not None:
+        (samples,), summary = _apply_review([samples], reviewed, by_key)
     if not samples:
         raise ValidationError(f"no images under {base}: expected {base}/<class>/*.jpg or train/ val/ test/ folders",
                               field="root", value=str(base), code="E_DATASET_EMPTY")
     rest, test = _split(samples, test_fraction, seed + 1) if test_fraction > 0 else (samples, [])
     train, val = _split(rest, val_fraction / (1.0 - test_fraction), seed) if val_fraction > 0 else (rest, [])
-    return DatasetSplits(train, val, test, label_list, base)
+    return DatasetSplits(train, val, test, label_list, base, summary)
+
+
+def _review_of(review: ReviewLabels | str | os.PathLike | None, labels: Sequence[Label]) -> ReviewLabels | None:
+    """The review to apply (a CSV is read; it must exist), its labels checked against the dataset's."""
+    if review is None:
+        return None
+    if isinstance(review, ReviewLabels):
+        keys = {label.key for label in labels} | {NOT_AMULET}
+        for row in review:
+            if row.label not in keys:
+                raise ValidationError(f"review label {row.label!r} of {row.path} is not a class of this dataset",
+                                      field="label", value=row.label, code="E_REVIEW_LABEL")
+        return review
+    if not isinstance(review, (str, os.PathLike)):
+        raise ValidationError(f"review must be a CSV path or a ReviewLabels, got {type(review).__name__}",
+                              field="review", value=type(review).__name__, code="E_REVIEW_PATH")
+    return ReviewLabels.load(review, labels, must_exist=True)
+
+
+def _apply_review(parts: list[list[Sample]], review: ReviewLabels,
+                  by_key: Mapping[str, Label]) -> tuple[list[list[Sample]], dict[str, Any]]:
+    """The samples of each part with the review's labels; photos only the review lists join the first part.
+
+    Refused (``E_REVIEW_STALE``) when a listed photo's bytes changed: its label was given to other bytes, and
+    falling back to the folder's label would quietly train the very label the person corrected. A photo that is
+    gone is skipped with a warning: nothing is trained from it either way.
+    """
+    stale = review.stale()
+    if stale:
+        shown = ", ".join(str(row.path) for row in stale[:5]) + (" ..." if len(stale) > 5 else "")
+        raise ValidationError(f"{len(stale)} photo(s) changed since they were reviewed in {review.path}: {shown}; "
+                              "review them again (the gallery marks them) or remove their rows",
+                              field="review", value=[str(row.path) for row in stale], code="E_REVIEW_STALE",
+                              context={"csv": str(review.path), "stale": len(stale)})
+    rows = {row.path: row for row in review}
+    seen: set[Path] = set()
+    counts = collections.Counter()
+    out: list[list[Sample]] = []
+    for part in parts:
+        kept = []
+        for sample in part:
+            row = rows.get(sample.path.resolve())
+            if row is None:
+                kept.append(sample)
+                continue
+            seen.add(row.path)
+            if row.label == NOT_AMULET:
+                counts["left_out"] += 1
+            elif row.label == sample.key:
+                counts["confirmed"] += 1
+                kept.append(sample)
+            else:
+                label = by_key[row.label]
+                counts["relabelled"] += 1
+                kept.append(dataclasses.replace(sample, label=label.index, key=label.key,
+                                                side=_side_of(Path(sample.path.name), label.key)))
+        out.append(kept)
+    for path, row in rows.items():
+        if path in seen or row.label == NOT_AMULET:
+            continue
+        if not path.is_file():
+            counts["missing"] += 1
+            log.warning("reviewed photo %s is gone; its row in %s is skipped", path, review.path)
+            continue
+        label = by_key[row.label]
+        out[0].append(Sample(path, label.index, label.key, None, _side_of(Path(path.name), label.key)))
+        counts["added"] += 1
+    out[0].sort(key=lambda s: s.path.as_posix())
+    summary = {"csv": str(review.path), "csv_sha256": hashlib.sha256(review.to_csv().encode("utf-8")).hexdigest(),
+               "rows": len(review), **{k: counts.get(k, 0) for k in ("confirmed", "relabelled", "added", "left_out",
+                                                                     "missing")}}
+    return out, summary
 
 
 def _scan_classes(folder: Path, root: Path, by_key: Mapping[str, Label],

@@ -284,8 +284,12 @@ def train(
     groups: Any = None,
     include_val: bool = False,
     progress: bool = True,
+    review: Any = None,
 ) -> Any:
     """Train on a dataset folder (or ``DatasetSplits``) and return a ``Checkpoint`` (saved to ``out`` if given).
+
+    ``review`` (a ``path,sha256,label`` CSV, see ``data.review``) overrides and extends the folder's labels as
+    ``load_dataset(..., review=)`` does; what it changed goes into the checkpoint's metadata (``review``).
 
     The validation split drives early stopping, calibration and the unknown rule, and its metrics go into
     the checkpoint's metadata. ``include_val=True`` trains on train+val instead (the final model of a
@@ -299,7 +303,13 @@ def train(
     from amulet_lab.model.metrics import metrics
 
     cfg = config or TrainConfig()
-    splits = data if isinstance(data, DatasetSplits) else load_dataset(data, val_fraction=val_fraction, seed=cfg.seed, groups=groups)
+    if isinstance(data, DatasetSplits):
+        if review is not None:
+            raise ValidationError("review= applies when a folder is loaded: pass load_dataset(..., review=) splits "
+                                  "or the folder", field="review", value=str(review), code="E_REVIEW_SPLITS")
+        splits = data
+    else:
+        splits = load_dataset(data, val_fraction=val_fraction, seed=cfg.seed, groups=groups, review=review)
     train_samples = list(splits.train) + (list(splits.val) if include_val else [])
     val_samples = [] if include_val else list(splits.val)
     if not train_samples:
@@ -332,6 +342,8 @@ def train(
         "unknown_stats": result.unknown_stats,
         "history": result.history,
     }
+    if splits.review is not None:
+        metadata["review"] = dict(splits.review)
     if result.bands is not None:
         metadata["bands"] = dict(result.bands)
     arch_kwargs = _arch_kwargs(cfg, result.spec)

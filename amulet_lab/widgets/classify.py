@@ -447,9 +447,13 @@ class ClassifierApp:
         return self.gallery_panel.items
 
     def gallery(self, folder: str | Path | None = None, *, limit: int = 60, batch_size: int = 16,
-                progress: bool = True) -> list[GalleryItem]:
-        """Classify up to ``limit`` photos under ``folder`` (None or empty: the samples) into the Gallery tab."""
-        return self.gallery_panel.show(folder, limit=limit, batch_size=batch_size, progress=progress)
+                progress: bool = True, review_csv: str | Path | None = None) -> list[GalleryItem]:
+        """Classify up to ``limit`` photos under ``folder`` (None or empty: the samples) into the Gallery tab.
+
+        Its review area saves confirmed or corrected labels to ``review_csv`` (default: the folder's review.csv).
+        """
+        return self.gallery_panel.show(folder, limit=limit, batch_size=batch_size, progress=progress,
+                                       review_csv=review_csv)
 
     def describe_gallery(self) -> str:
         """The gallery in plain text (see ``Gallery.describe``)."""
