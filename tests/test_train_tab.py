@@ -239,3 +239,28 @@ def test_confusion_and_reliability_figures_show_their_inputs():
         with pytest.raises(ValidationError) as err:
             bad()
         assert err.value.code == "E_FIGURE_INPUT"
+
+
+def test_the_folder_review_csv_relabels_what_the_tab_trains(tmp_path, photos):
+    """A review.csv in the folder (what the gallery's review writes) is taken: a relabelled photo counts as its
+    reviewed class, and the panel says the labels came from the review; a typed CSV wins."""
+    from amulet_lab.data.review import ReviewLabels
+
+    folder = tmp_path / "photos"
+    shutil.copytree(photos, folder)
+    panel = TrainPanel()
+    panel.folder.value = str(folder)
+    before = dict(panel.state["counts"])
+    classes = sorted(before)
+    moved = sorted((folder / classes[0]).glob("*.jpg"))[0]
+    review = ReviewLabels(folder / "review.csv")
+    review.set(moved, classes[1])
+    review.save()
+    panel.folder.value = ""
+    panel.folder.value = str(folder)
+    after = panel.state["counts"]
+    assert after[classes[0]] == before[classes[0]] - 1 and after[classes[1]] == before[classes[1]] + 1
+    assert panel.state["review"]["relabelled"] == 1 and "Labels from the review" in panel.folder_html.value
+    panel.labels.value = str(tmp_path / "nope.csv")
+    panel.show_button.click()
+    assert panel.state.get("error", "").startswith("E_REVIEW")

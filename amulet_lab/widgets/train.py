@@ -77,6 +77,8 @@ class TrainPanel:
         self.folder = w.Text(placeholder="folder of <class>/*.jpg (or train/ val/ <class>/*.jpg); Enter shows it",
                              continuous_update=False, layout=w.Layout(width="420px"))
         self.show_button = w.Button(description="Show folder", icon="folder-open")
+        self.labels = w.Text(placeholder="review CSV of path,sha256,label (empty: the folder's review.csv, if any)",
+                             continuous_update=False, layout=w.Layout(width="420px"))
         self.arch = w.Dropdown(options=[(text, key) for key, text in ARCH_CHOICES.items()], value=DEFAULT_ARCH,
                                description="model", layout=w.Layout(width="560px"))
         self.cv = w.BoundedIntText(value=5, min=2, max=10, description="CV folds", layout=w.Layout(width="160px"))
@@ -106,6 +108,7 @@ class TrainPanel:
             w.HTML("<b>Train a model on your own photos</b>: each photo is scored by a model that never saw it "
                    "(cross-validation), then the final model learns from all of them."),
             w.HBox([self.folder, self.show_button]),
+            self.labels,
             w.HBox([self.arch, self.cv]),
             w.HBox([self.out, self.train_button]),
             w.HBox([self.progress, self.elapsed]),
@@ -133,6 +136,16 @@ class TrainPanel:
                                  f"<code>{html.escape(exc.code)}</code></span>")
             log.info("train panel: %s", exc.code)
 
+    def _review_csv(self, root: Path) -> Path | None:
+        """The review CSV to train with: the one typed, else the folder's ``review.csv`` when there is one."""
+        from amulet_lab.widgets.review import REVIEW_FILE
+
+        typed = str(self.labels.value or "").strip()
+        if typed:
+            return Path(typed).expanduser()
+        default = root / REVIEW_FILE
+        return default if default.is_file() else None
+
     def show_folder(self, folder: str | Path) -> Any:
         """Read ``folder`` (class folders, or train/ val/ test/ splits of them): counts and a thumbnail strip per class."""
         from amulet_lab.data import load_dataset
@@ -145,14 +158,16 @@ class TrainPanel:
         self.state = {"status": "reading the folder", "folder": text}
         if not text:
             raise ValidationError("type the folder of photos first", field="folder", value="", code="E_NO_FOLDER")
-        splits = load_dataset(Path(text).expanduser(), val_fraction=0.0)
+        root = Path(text).expanduser()
+        review = self._review_csv(root)
+        splits = load_dataset(root, val_fraction=0.0, review=review)
         counts = {label.key: n for label in splits.labels if (n := sum(1 for s in splits.all if s.key == label.key))}
         per_split = {name: sum(row.values()) for name, row in splits.counts().items() if sum(row.values())}
         presplit = any((Path(splits.root) / name).is_dir() for name in ("train", "val", "test"))
         layout = "splits " + ", ".join(f"{name}/" for name in per_split) if presplit else "class folders"
         self._splits = splits
         self.state = {"status": "folder shown", "folder": str(splits.root), "counts": counts, "layout": layout,
-                      "splits": per_split}
+                      "splits": per_split, "review": splits.review}
         rows = []
         for label in splits.labels:
             photos = [s.path for s in splits.all if s.key == label.key]
@@ -167,9 +182,13 @@ class TrainPanel:
         missing = [label.english for label in splits.labels if label.key not in counts]
         note = (f"<p style='color:#ef6c00'>No photos of: {html.escape(', '.join(missing))} (the model learns "
                 "nothing of these).</p>") if missing else ""
+        reviewed = splits.review or {}
+        said = (f"<p style='{_WRAP}'>Labels from the review <code>{html.escape(str(review))}</code>: "
+                + ", ".join(f"{v} {k}" for k, v in reviewed.items() if isinstance(v, int) and v) + ".</p>"
+                ) if review is not None else ""
         self.folder_html.value = (f"<p style='{_WRAP}'><b>{sum(counts.values())} photos</b> of {len(counts)} classes in "
                                   f"<code>{html.escape(str(splits.root))}</code> ({html.escape(layout)})</p>"
-                                  + note + "".join(rows))
+                                  + said + note + "".join(rows))
         self.status.value = "<i>Folder read. Choose the model and the folds, then press <b>Train</b>.</i>"
         return splits
 
