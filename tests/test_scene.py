@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from amulet_lab.data.composites import BACKGROUNDS, folder_sources, make_composite, synthetic_sources
+from amulet_lab.bench.micro.finder import box_iou
 from amulet_lab.errors import ValidationError
 from amulet_lab.scene import FoundPiece, crop_piece, find_on_reduced, find_pieces
 from amulet_lab.security import validate_image
@@ -21,30 +22,11 @@ from amulet_lab.security import validate_image
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "amulet6"
 
 
-def _iou(a: tuple[int, ...], b: tuple[int, ...]) -> float:
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
-
-
 def _score(composites, finds) -> dict[str, float]:
-    """Box recall (IoU >= 0.5, one-to-one), false boxes per photo, rotation accuracy of the matched pieces."""
-    pieces = hits = false = rot = 0
-    for comp, found in zip(composites, finds):
-        pairs = sorted(((_iou(g.box, f.box), i, j) for i, g in enumerate(comp.pieces)
-                        for j, f in enumerate(found)), reverse=True)
-        used_g, used_f = set(), set()
-        for v, i, j in pairs:
-            if v >= 0.5 and i not in used_g and j not in used_f:
-                used_g.add(i)
-                used_f.add(j)
-                rot += comp.pieces[i].rotation == found[j].rotation
-        pieces += len(comp.pieces)
-        hits += len(used_g)
-        false += len(found) - len(used_f)
-    return {"recall": hits / pieces, "false_per_photo": false / len(composites), "rotation": rot / max(hits, 1),
-            "pieces": pieces}
+    """Box recall (IoU >= 0.5, one-to-one), false boxes per photo, rotation accuracy (``bench micro finder``)."""
+    from amulet_lab.bench.micro.finder import score_finder
+
+    return score_finder(composites, finds)
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +60,8 @@ def test_confident_rotations_are_right(held_out):
     right = total = 0
     for comp, found in zip(comps, finds):
         for f in found:
-            best = max(comp.pieces, key=lambda g: _iou(g.box, f.box), default=None)
-            if best is not None and _iou(best.box, f.box) >= 0.5 and f.rotation_score >= 0.5:
+            best = max(comp.pieces, key=lambda g: box_iou(g.box, f.box), default=None)
+            if best is not None and box_iou(best.box, f.box) >= 0.5 and f.rotation_score >= 0.5:
                 total += 1
                 right += best.rotation == f.rotation
     assert total >= 20 and right / total >= 0.9
@@ -181,3 +163,13 @@ def test_composites_of_real_crops(tmp_path):
     comps = [make_composite(real, 4321, i, sides=(600, 900)) for i in range(20)]
     score = _score(comps, [find_on_reduced(c.data).pieces for c in comps])
     assert score["recall"] >= 0.85 and score["false_per_photo"] <= 0.4, score
+
+
+def test_the_finder_micro_benchmark_scores_held_out_composites():
+    """``amulet-lab bench micro finder --quick``: its figures are the finder's, with the targets of the issue."""
+    from amulet_lab.bench.micro.finder import run
+
+    result = run(quick=True)
+    assert result.figures["synthetic_pieces"] >= 20
+    assert result.ratios["synthetic_recall"] >= 0.8 and result.ratios["synthetic_false_per_photo"] <= 0.5
+    assert result.targets["synthetic_recall"].value == 0.95

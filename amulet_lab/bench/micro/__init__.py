@@ -29,6 +29,7 @@ MICRO_BENCHMARKS: dict[str, str] = {
     "shared": "amulet_lab.bench.micro.shared",
     "batch": "amulet_lab.bench.micro.batch",
     "scene": "amulet_lab.bench.micro.scene",
+    "finder": "amulet_lab.bench.micro.finder",
 }
 
 
