@@ -134,6 +134,9 @@ class ClassifierApp:
         self.tabs = w.Tab(children=[w.VBox([inputs, self.status, single]), self.gallery_panel.widget,
                                     self.scene_panel.widget, self.train_panel.widget])
         self.tabs.titles = ("Classify", "Gallery", "Phone photo", "Train")
+        for child in self.tabs.children:  # a tab never scrolls sideways (ui-check: 4 px too wide on every tab)
+            child.layout.overflow = "hidden"
+            child.layout.max_width = "100%"
         self.model_html = w.HTML(self._model_headline())
         self.widget = w.VBox([self.model_html, self.tabs])
         self._show_sources()

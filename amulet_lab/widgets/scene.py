@@ -343,7 +343,7 @@ class ScenePanel:
     def _table_html(self, rows: list[dict[str, Any]], thumbs: list[bytes]) -> str:
         if not rows:
             return ""
-        head = "".join(f"<th style='text-align:left;padding:2px 6px'>{h}</th>" for h in (
+        head = "".join(f"<th style='text-align:left;padding:2px 6px;white-space:nowrap;word-break:normal'>{h}</th>" for h in (
             "#", "piece", "English name", "Thai name", "confidence", "band", "turned", "box (x0, y0, x1, y1)"))
         body = []
         for r, thumb in zip(rows, thumbs):
