@@ -334,3 +334,23 @@ def test_the_app_carries_the_bundled_thai_font(classifier):
 
     app = ClassifierApp(classifier)
     assert "@font-face" in app.model_html.value and BUNDLED_THAI_FAMILY in app.model_html.value
+
+
+def test_a_heic_upload_is_decoded_once_for_the_model_and_the_preview(classifier):
+    """libheif has no reduced decode: the app decodes a HEIC once and hands the model that decode."""
+    import io
+
+    from PIL import Image
+
+    from amulet_lab.security import register_heif
+
+    register_heif()
+    front, _ = sample_pair()
+    buf = io.BytesIO()
+    Image.open(front).convert("RGB").resize((1200, 1600)).save(buf, format="HEIF", quality=80)
+    app = ClassifierApp(classifier)
+    before = classifier.stats()["decodes"]
+    app.front_upload.value = _upload("phone.heic", buf.getvalue())
+    assert app.state["status"] == "done", app.state
+    assert classifier.stats()["decodes"] == before  # the model was given the app's decode, not the bytes
+    assert len(_images(app.front_preview.value)) == 1

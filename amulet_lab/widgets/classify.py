@@ -28,7 +28,7 @@ from amulet_lab.errors import AmuletError, ValidationError
 from amulet_lab.fonts import thai_html
 from amulet_lab.widgets._explain import WhyPanel
 from amulet_lab.widgets._html import (_BAND_COLOURS, _CHART_PX, _PREVIEW_PX, _SIDES, _WRAP, _img_html, _placeholder,
-                                      _read, _thumbnail, band_words, english_name, sample_pair, thai_face_for,
+                                      _read, _thumbnail, band_words, decoded_once, english_name, sample_pair, thai_face_for,
                                       upload_bytes)
 from amulet_lab.widgets.gallery import Gallery, GalleryItem
 from amulet_lab.widgets.scene import ScenePanel
@@ -305,8 +305,11 @@ class ClassifierApp:
             front = front_src.read()
             back = back_src.read() if back_src else None
             self.status.value = "<i>classifying…</i>"
-            pair = self.classifier.predict_pair(front[1], back[1] if back else None)
-            previews = {"front": _thumbnail(front[1], _PREVIEW_PX), "back": _thumbnail(back[1], _PREVIEW_PX) if back else None}
+            photos = {"front": decoded_once(front[1], self.classifier),
+                      "back": decoded_once(back[1], self.classifier) if back else None}
+            pair = self.classifier.predict_pair(photos["front"], photos["back"])
+            previews = {side: _thumbnail(photo, _PREVIEW_PX) if photo is not None else None
+                        for side, photo in photos.items()}
         except AmuletError as exc:
             for side in _SIDES:
                 self._preview(side).value = _placeholder(f"not shown: {exc.code}" if self._sources[side] else
