@@ -57,6 +57,13 @@ class BatchResult:
                 f"in {self.out}; {self.rows} rows written in {self.seconds:.1f} s ({rate:.1f} images/s) on "
                 f"{self.workers} worker(s)")
 
+    def describe(self) -> str:
+        """``summary()``, and where a cluster ran: its address, start, model-load and stop times."""
+        if not self.workers:
+            return self.summary()
+        return (f"{self.summary()}\ncluster {self.scheduler}: started in {self.cluster_start_s:.2f} s, model loaded "
+                f"on every worker in {self.model_load_s:.2f} s, stopped in {self.cluster_stop_s:.2f} s")
+
 
 def task_size_for(n: int, workers: int, task_size: int | None = None) -> int:
     """Images per task: ``task_size`` if given, else about four tasks per worker, kept within 20..100."""
