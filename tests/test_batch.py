@@ -101,6 +101,33 @@ def test_light_import_and_the_worker_environment():
     assert task_size_for(500, 2, 7) == 7
 
 
+def _worker_view() -> dict:
+    import os
+
+    import dask
+
+    return {"env": {k: os.environ.get(k) for k in ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS")},
+            "profile": dask.config.get("distributed.worker.profile.enabled"),
+            "tick": dask.config.get("distributed.admin.tick.interval")}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_local_cluster_workers_start_with_our_environment_and_config():
+    import dask
+    import distributed  # noqa: F401 - loads Dask's distributed defaults into dask.config
+
+    from amulet_lab.batch import cluster_config, dask_client
+
+    assert "MALLOC_TRIM_THRESHOLD_" in dask.config.get("distributed.nanny.pre-spawn-environ")  # Dask's default has it
+    assert cluster_config()["distributed.worker.profile.enabled"] is False
+    with dask_client(1) as (client, times):
+        (view,) = client.run(_worker_view).values()
+        assert client.scheduler.address.startswith("tcp://127.0.0.1:")
+    assert view == {"env": {"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "1"}, "profile": False, "tick": "500ms"}
+    assert times["start_s"] > 0 and times["stop_s"] > 0
+
+
 @pytest.fixture(scope="module")
 def first_run(photos, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "results.csv"

@@ -219,7 +219,7 @@ PUBLIC_ALL: dict[str, list[str]] = {
     "amulet_lab": ["__version__", "load_ipython_extension"],
     "amulet_lab.batch": [
         "BatchReport", "BatchResult", "COLUMNS", "SCENE_COLUMNS", "class_counts", "classify", "classify_files",
-        "collect_images", "dask_client", "error_rows", "file_sha256", "load_worker_model", "most_uncertain",
+        "cluster_config", "collect_images", "dask_client", "error_rows", "file_sha256", "load_worker_model", "most_uncertain",
         "prepare_worker", "read_rows", "results_frame", "task_size_for", "unknown_rows", "worker_environ",
         "worker_model_loads"
     ],

@@ -7,7 +7,14 @@ existing scheduler), appending rows atomically in chunks. Dask is imported only 
 uncertain photos): what notebooks/05_batch.ipynb shows.
 """
 
-from amulet_lab.batch._engine import BatchResult, classify, dask_client, task_size_for, worker_environ
+from amulet_lab.batch._engine import (
+    BatchResult,
+    classify,
+    cluster_config,
+    dask_client,
+    task_size_for,
+    worker_environ,
+)
 from amulet_lab.batch._results import (
     BatchReport,
     class_counts,
@@ -34,6 +41,7 @@ __all__ = [
     "dask_client",
     "task_size_for",
     "worker_environ",
+    "cluster_config",
     "BatchReport",
     "results_frame",
     "class_counts",
