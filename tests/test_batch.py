@@ -101,6 +101,33 @@ def test_light_import_and_the_worker_environment():
     assert task_size_for(500, 2, 7) == 7
 
 
+def _worker_view() -> dict:
+    import os
+
+    import dask
+
+    return {"env": {k: os.environ.get(k) for k in ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS")},
+            "profile": dask.config.get("distributed.worker.profile.enabled"),
+            "tick": dask.config.get("distributed.admin.tick.interval")}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_local_cluster_workers_start_with_our_environment_and_config():
+    import dask
+    import distributed  # noqa: F401 - loads Dask's distributed defaults into dask.config
+
+    from amulet_lab.batch import cluster_config, dask_client
+
+    assert "MALLOC_TRIM_THRESHOLD_" in dask.config.get("distributed.nanny.pre-spawn-environ")  # Dask's default has it
+    assert cluster_config()["distributed.worker.profile.enabled"] is False
+    with dask_client(1) as (client, times):
+        (view,) = client.run(_worker_view).values()
+        assert client.scheduler.address.startswith("tcp://127.0.0.1:")
+    assert view == {"env": {"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "1"}, "profile": False, "tick": "500ms"}
+    assert times["start_s"] > 0 and times["stop_s"] > 0
+
+
 @pytest.fixture(scope="module")
 def first_run(photos, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "results.csv"
@@ -140,6 +167,41 @@ def test_the_cluster_gives_the_predictions_of_one_process(first_run):
     local = {r["path"]: r for r in classify_files(items, CKPT, rows[0]["model"])}
     for r in rows:
         assert {k: r[k] for k in COLUMNS} == {k: str(local[r["path"]][k]) for k in COLUMNS}, r["path"]
+
+
+@pytest.mark.slow
+def test_the_report_reads_the_output_back_typed_with_its_summaries(first_run, tmp_path):
+    from amulet_lab.batch import BatchReport, results_frame
+
+    out, result = first_run
+    report = BatchReport(out, result)
+    f = report.frame
+    assert len(f) == 13 and f["confidence"].dtype == float and f["is_unknown"].dtype == bool
+    assert all(isinstance(t, list) for t in f["top_k"]) and set(f["name"]) >= {"broken.jpg", "heic_copy.heic"}
+    good = f[f["ok"]]
+    assert ((good["uncertainty"] - (1 - good["confidence"]).where(~good["is_unknown"], 1.0)).abs() < 1e-9).all()
+    assert (good["margin"] >= 0).all() and f[~f["ok"]]["confidence"].isna().all()
+    counts = report.counts()
+    assert counts["count"].sum() == 13 and abs(counts["share"].sum() - 1) < 1e-9
+    assert counts.set_index("answer").loc["(error)", "count"] == 2
+    assert list(counts["count"]) == sorted(counts["count"], reverse=True)
+    assert sorted(report.errors()["name"]) == ["broken.jpg", "empty.png"]
+    assert report.unknowns().shape[0] == int((f["ok"] & f["is_unknown"]).sum())
+    top = report.most_uncertain(4)
+    assert len(top) == min(4, int((f["ok"] & ~f["is_unknown"]).sum()))
+    assert list(top["uncertainty"]) == sorted(top["uncertainty"], reverse=True)
+    assert "rows: 13, photos: 13, one row per photo: True" in report.facts() and "errors: 2," in report.facts()
+    assert "BatchReport(" in repr(report) and "rows=13" in repr(report)
+    with pytest.raises(ValidationError) as err:
+        report.most_uncertain(0)
+    assert err.value.code
+    with pytest.raises(ValidationError) as err:
+        results_frame(tmp_path / "none.csv")
+    assert err.value.code == "E_PATH_MISSING"
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValidationError) as err:
+        results_frame(tmp_path / "other.csv")
+    assert err.value.code == "E_OUTPUT_COLUMNS"
 
 
 @pytest.mark.slow
@@ -210,6 +272,10 @@ def test_scene_rows_one_per_piece_with_piece_and_box(tmp_path):
             box = json.loads(r["box"])
             assert len(box) == 4 and box[0] < box[2] and box[1] < box[3] and r["label"]
     assert classify([folder], out, checkpoint=CKPT, scene=True, progress=False).skipped == 3
+    from amulet_lab.batch import results_frame
+
+    frame = results_frame(out)
+    assert frame["piece"].isna().sum() == 1 and all(len(b) == 4 for b in frame["box"] if b)
 
 
 @pytest.mark.slow

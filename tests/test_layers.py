@@ -218,8 +218,9 @@ def test_no_import_cycles():
 PUBLIC_ALL: dict[str, list[str]] = {
     "amulet_lab": ["__version__", "load_ipython_extension"],
     "amulet_lab.batch": [
-        "BatchResult", "COLUMNS", "SCENE_COLUMNS", "classify", "classify_files", "collect_images", "dask_client",
-        "file_sha256", "load_worker_model", "prepare_worker", "read_rows", "task_size_for", "worker_environ",
+        "BatchReport", "BatchResult", "COLUMNS", "SCENE_COLUMNS", "class_counts", "classify", "classify_files",
+        "cluster_config", "collect_images", "dask_client", "error_rows", "file_sha256", "load_worker_model", "most_uncertain",
+        "prepare_worker", "read_rows", "results_frame", "task_size_for", "unknown_rows", "worker_environ",
         "worker_model_loads"
     ],
     "amulet_lab.bench": [

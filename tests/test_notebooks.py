@@ -28,14 +28,33 @@ from model_helpers import untrained_tiny_checkpoint
 pytestmark = pytest.mark.slow
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
-NAMES = ["00_train.ipynb", "01_classify.ipynb", "02_profile.ipynb", "03_benchmark.ipynb", "04_report.ipynb"]
+NAMES = ["00_train.ipynb", "01_classify.ipynb", "02_profile.ipynb", "03_benchmark.ipynb", "04_report.ipynb",
+         "05_batch.ipynb"]
 #: 00_train trains on a small seeded synthetic folder: 4 photos per class, 2 folds, the fast arch.
 TRAIN_PER_CLASS = 4
 SANITIZE = Path(__file__).with_name("nbval_sanitize.cfg")
 
 
-def _small_parameters(history_dir: Path, checkpoint: Path, photos: Path) -> dict[str, dict]:
+def _batch_folder(root: Path) -> Path:
+    """Six sample photos (one of each known class but one, and an unknown) and a broken file, in two folders."""
+    import shutil
+
+    samples = PROJECT_ROOT / "data" / "samples"
+    picks = ["phra_sivali/phra_sivali_front_0000.jpg", "waek_man/waek_man_front_0000.jpg",
+             "wat_nong_e_duk/wat_nong_e_duk_back_0001.jpg", "portrait_back/portrait_back_front_0001.jpg",
+             "prok_bodhi_9_leaves/prok_bodhi_9_leaves_back_0000.jpg", "_unknown/coin_0001.jpg"]
+    for i, pick in enumerate(picks):
+        (root / f"box{i % 2}").mkdir(parents=True, exist_ok=True)
+        shutil.copy(samples / pick, root / f"box{i % 2}" / Path(pick).name)
+    (root / "box1" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg" * 8)
+    return root
+
+
+def _small_parameters(history_dir: Path, checkpoint: Path, photos: Path, work: Path | None = None) -> dict[str, dict]:
+    from amulet_lab.model.bundled import SYNTHETIC_CHECKPOINT
+
     ck = str(checkpoint)
+    work = work or history_dir.parent
     return {
         "00_train.ipynb": {"data_dir": str(photos), "out": str(history_dir.parent / "trained.pt"), "arch": "features",
                            "cv": 2},
@@ -44,6 +63,9 @@ def _small_parameters(history_dir: Path, checkpoint: Path, photos: Path) -> dict
         "03_benchmark.ipynb": {"checkpoint": ck, "scenarios": ["single_stream", "offline"], "batch_sizes": [2],
                                "samples": 4, "min_duration_s": 0.0, "duration_s": 0.5, "history_dir": str(history_dir)},
         "04_report.ipynb": {"history_dir": str(history_dir)},
+        # A real 2-worker LocalCluster on 127.0.0.1 with the small synthetic model.
+        "05_batch.ipynb": {"paths": [str(work / "batch_photos")], "out": str(work / "batch_results.csv"),
+                           "workers": 2, "scheduler": None, "checkpoint": str(SYNTHETIC_CHECKPOINT)},
     }
 
 
@@ -92,7 +114,8 @@ def references(tmp_path_factory):
     from amulet_lab.data import synthesize
 
     photos = synthesize(work / "photos", TRAIN_PER_CLASS, 11, size=96, progress=False)
-    for name, params in _small_parameters(history, checkpoint, photos).items():
+    _batch_folder(work / "batch_photos")
+    for name, params in _small_parameters(history, checkpoint, photos, work).items():
         prepared = work / f"prepared-{name}"
         pm.execute_notebook(str(NOTEBOOKS / name), str(prepared), parameters=params, prepare_only=True)
         refs[name] = work / name
@@ -124,6 +147,16 @@ def test_reference_runs_state_the_expected_facts(references):
     assert "scenarios run: single_stream, offline[bs=2]" in bench and "history records appended: 2" in bench
     (report,) = _checked_text(refs["04_report.ipynb"])
     assert "scenarios in the latest run: offline, single_stream" in report and "corrupt lines skipped: 0" in report
+    (batch,) = _checked_text(refs["05_batch.ipynb"])
+    assert "rows: 7, photos: 7, one row per photo: True" in batch
+    assert "classified: 6, errors: 1, " in batch and "models: 1" in batch and "(error) 1" in batch
+    work = refs["05_batch.ipynb"].parent
+    from amulet_lab.batch import read_rows
+
+    columns, rows = read_rows(work / "batch_results.csv")
+    assert len(rows) == 7 and columns[0] == "path"
+    (broken,) = [r["error"] for r in rows if r["path"].endswith("broken.jpg")]
+    assert broken.startswith("E_IMAGE_") and all(r["label"] for r in rows if not r["error"])
     lines = (history / "runs.jsonl").read_text().splitlines()
     assert len(lines) == 2 and {json.loads(x)["scenario"] for x in lines} == {"single_stream", "offline"}
 

@@ -20,10 +20,7 @@ def _classify(args: argparse.Namespace, settings: Any) -> int:
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
-        print(result.summary())
-        if result.workers:
-            print(f"cluster {result.scheduler}: started in {result.cluster_start_s:.2f} s, model loaded on every "
-                  f"worker in {result.model_load_s:.2f} s, stopped in {result.cluster_stop_s:.2f} s")
+        print(result.describe())
     return 0
 
 

@@ -64,6 +64,9 @@ def register(subparsers: Any) -> None:
     micro.add_argument("names", nargs="*", help="which (default: all)")
     micro.add_argument("--quick", action="store_true", help="fewer rounds (shape check, not figures)")
     micro.add_argument("--json", action="store_true", help="print JSON")
+    micro.add_argument("--checkpoint", default=None, help="the model of those that classify (batch: default the "
+                                                          "synthetic data/models/amulet6-synth.pt)")
+    micro.add_argument("--photos", type=int, default=None, help="photos (batch: default 500, 60 with --quick)")
     micro.set_defaults(func=_micro)
 
     ui = sub.add_parser("ui", help="run notebook 01 in JupyterLab in headless Chromium: screenshots and timings "
@@ -131,7 +134,8 @@ def _compare(args: argparse.Namespace, settings: Settings) -> int:
 def _micro(args: argparse.Namespace, settings: Settings) -> int:
     from amulet_lab.bench.micro import run_micro
 
-    results = run_micro(args.names or None, quick=args.quick)
+    results = run_micro(args.names or None, quick=args.quick,
+                        options={"checkpoint": args.checkpoint, "n": args.photos})
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:

@@ -110,8 +110,12 @@ def time_per_call(fn: Callable[[], Any], *, number: int, repeat: int = 5) -> flo
     return statistics.median(rounds)
 
 
-def run_micro(names: list[str] | None = None, *, quick: bool = False) -> list[MicroResult]:
-    """Run the named micro-benchmarks (all by default) and return their results."""
+def run_micro(names: list[str] | None = None, *, quick: bool = False,
+              options: dict[str, Any] | None = None) -> list[MicroResult]:
+    """Run the named micro-benchmarks (all by default) and return their results. ``options`` (for example
+    ``{"checkpoint": path}``) go to each chosen benchmark whose ``run`` takes them; one that none takes is refused."""
+    import inspect
+
     from amulet_lab.errors import ValidationError
 
     chosen = names or list(MICRO_BENCHMARKS)
@@ -120,4 +124,11 @@ def run_micro(names: list[str] | None = None, *, quick: bool = False) -> list[Mi
         raise ValidationError(
             f"unknown micro-benchmark(s) {unknown}; choose from {sorted(MICRO_BENCHMARKS)}", field="names", value=unknown
         )
-    return [importlib.import_module(MICRO_BENCHMARKS[n]).run(quick=quick) for n in chosen]
+    options = {k: v for k, v in (options or {}).items() if v is not None}
+    runs = {n: importlib.import_module(MICRO_BENCHMARKS[n]).run for n in chosen}
+    takes = {n: set(inspect.signature(fn).parameters) & set(options) for n, fn in runs.items()}
+    unused = sorted(set(options) - set().union(*takes.values()))
+    if unused:
+        raise ValidationError(f"no chosen micro-benchmark takes {unused} (chosen: {chosen})", field="options",
+                              value=unused)
+    return [fn(quick=quick, **{k: options[k] for k in takes[n]}) for n, fn in runs.items()]
