@@ -49,8 +49,13 @@ def no_font_cache():
 
 @pytest.fixture
 def without_bundled(monkeypatch, no_font_cache):
-    """As on a machine where the pip package with the bundled Thai font is missing."""
+    """As on a machine where the pip package with the bundled Thai font is missing (and matplotlib never saw it)."""
+    from matplotlib import font_manager
+
+    bundled = str(fonts.bundled_thai_font())
     monkeypatch.setattr(fonts, "bundled_thai_font", lambda: None)
+    monkeypatch.setattr(font_manager.fontManager, "ttflist",
+                        [e for e in font_manager.fontManager.ttflist if e.fname != bundled])
 
 
 def test_css_stack_and_thai_html():
