@@ -67,6 +67,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("torch_threads", "int", 0, "Threads torch uses for inference (0: torch's own default).", 0, 256),
     # model and inference
     Variable("model_path", "optional_str", None, "Checkpoint to load (empty: the bundled default in data/models/)."),
+    Variable("chromium", "optional_str", None,
+             "Chromium executable of make ui-check (empty: /usr/bin/chromium); nothing else uses a browser."),
     Variable("band_reliable", "optional_float", None,
              "Confidence at or above which a prediction is 'reliable' (empty: the checkpoint's, else 0.9).", 0, 1),
     Variable("band_verify", "optional_float", None,
@@ -211,6 +213,7 @@ class Settings:
     thread_pool_size: int = 4
     torch_threads: int = 0
     model_path: str | None = None
+    chromium: str | None = None
     band_reliable: float | None = None
     band_verify: float | None = None
     test_preprocess_delay_ms: float = 0.0

@@ -51,13 +51,21 @@ def test_no_chromium_is_said_plainly_with_exit_code_2(tmp_path, capsys):
 
 
 def test_amulet_chromium_is_honoured(tmp_path, monkeypatch, capsys):
+    from amulet_lab.config import _reset_settings_cache
+
     monkeypatch.setenv("AMULET_CHROMIUM", str(tmp_path / "elsewhere"))
+    _reset_settings_cache()
     assert main(["bench", "ui", "--find-chromium"]) == 2
     assert f"AMULET_CHROMIUM={tmp_path / 'elsewhere'}" in capsys.readouterr().err
     fake = _script(tmp_path / "chromium", "exit 0")
     monkeypatch.setenv("AMULET_CHROMIUM", str(fake))
-    assert main(["bench", "ui", "--find-chromium"]) == 0
-    assert capsys.readouterr().out.strip() == str(fake)
+    _reset_settings_cache()
+    try:
+        assert main(["bench", "ui", "--find-chromium"]) == 0
+        assert capsys.readouterr().out.strip() == str(fake)
+    finally:
+        monkeypatch.delenv("AMULET_CHROMIUM")
+        _reset_settings_cache()
 
 
 def test_find_chromium_wants_an_executable_file(tmp_path):

@@ -149,7 +149,7 @@ def _ui(args: argparse.Namespace, settings: Settings) -> int:
     from amulet_lab.errors import AmuletError
 
     try:  # what the machine lacks is said plainly, with exit code 2 (not a failure of the app)
-        chromium = find_chromium(args.chromium or os.environ.get("AMULET_CHROMIUM") or None)
+        chromium = find_chromium(args.chromium or settings.chromium or None)
         if args.find_chromium:
             print(chromium)
             return 0
