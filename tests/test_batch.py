@@ -294,3 +294,33 @@ def test_the_classify_command(photos, tmp_path, capsys):
     assert code == 0 and json.loads(capsys.readouterr().out)["skipped"] == 6
     assert main(["classify", str(tmp_path / "nowhere"), "--out", str(out), "--checkpoint", CKPT]) == 1
     assert "E_PATH_MISSING" in capsys.readouterr().err
+
+
+def test_bench_micro_options_reach_only_the_benchmarks_that_take_them(tmp_path):
+    from amulet_lab.bench.micro import run_micro
+    from amulet_lab.bench.micro.batch import run
+
+    with pytest.raises(ValidationError) as err:
+        run_micro(["errors"], quick=True, options={"checkpoint": CKPT})
+    assert err.value.code and "checkpoint" in str(err.value)
+    with pytest.raises(ValidationError) as err:
+        run(quick=True, checkpoint=str(tmp_path / "none.pt"))
+    assert err.value.code == "E_PATH_MISSING"
+    with pytest.raises(ValidationError):
+        run(quick=True, n=0)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_the_batch_benchmark_runs_the_three_engines_and_they_agree():
+    from amulet_lab.bench.micro import run_micro
+
+    (result,) = run_micro(["batch"], quick=True, options={"n": 24, "checkpoint": CKPT})
+    f = result.figures
+    assert result.ratios["identical"] == 1.0 and f["photos"] == 24 and f["tasks"] == 2 and f["rounds"] == 1
+    for engine in ("single_1thread", "single_2threads", "pool", "cluster"):
+        assert f[f"{engine}_images_per_s"] > 0
+    assert f["pool_cpu_ms_per_image"] > 0 and f["cluster_cpu_ms_per_image"] > 0
+    assert f["pool_echo_task_ms"] > 0 and f["cluster_echo_task_ms"] > 0
+    assert f["cluster_start_s"] > 0 and f["cluster_stop_s"] > 0 and f["cluster_model_load_s"] > 0
+    assert set(result.targets) == {"cluster_vs_single_1thread", "cluster_vs_single_2threads", "identical"}
