@@ -110,3 +110,11 @@ def test_a_class_left_out_of_training_comes_back_unknown(tmp_path):
     with pytest.raises(ValidationError) as err:
         leave_one_class_out(samples, keys[:2])
     assert err.value.code == "E_TOO_FEW_CLASSES"
+
+
+def test_copies_are_for_the_fused_recipe_only():
+    from amulet_lab.model.train import TrainConfig
+
+    with pytest.raises(ValidationError) as err:
+        TrainConfig(arch="features", recomposed_copies=2)
+    assert err.value.field == "recomposed_copies"

@@ -143,3 +143,14 @@ def test_pieces_go_to_the_pieces_model_and_a_tight_crop_to_the_main_one(sources,
     assert AmuletClassifier.from_checkpoint(tmp_path / "mine.pt", cache=False).pieces is None
     shutil.copy(SYNTHETIC_CHECKPOINT, tmp_path / "mine-scene.pt")
     assert isinstance(AmuletClassifier.from_checkpoint(tmp_path / "mine.pt", cache=False).pieces, AmuletClassifier)
+
+
+def test_a_pieces_model_with_other_classes_is_refused():
+    from amulet_lab.errors import ModelError
+    from amulet_lab.model import load_checkpoint
+
+    other = load_checkpoint(SYNTHETIC_CHECKPOINT)
+    other.labels = list(reversed(other.labels))
+    with pytest.raises(ModelError) as err:
+        AmuletClassifier(load_checkpoint(SYNTHETIC_CHECKPOINT), pieces=AmuletClassifier(other, cache=False))
+    assert err.value.code == "E_PIECES_LABELS"

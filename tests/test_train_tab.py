@@ -205,12 +205,13 @@ def test_a_bad_folder_gives_a_coded_error_in_the_panel(tmp_path, photos):
     assert panel.state["error"] == "E_TRAIN_CLASSES" and "E_TRAIN_CLASSES" in panel.status.value
     assert panel.progress.bar_style == "danger" and not panel.train_button.disabled and panel.run is None
 
-    from amulet_lab.model.bundled import REAL_CHECKPOINT
+    from amulet_lab.model.bundled import REAL_CHECKPOINT, SCENE_CHECKPOINT
 
     panel.folder.value = str(photos)
-    panel.out.value = str(REAL_CHECKPOINT)
-    panel.train_button.click()
-    assert panel.state["error"] == "E_TRAIN_OUT_BUNDLED" and not (tmp_path / "models").exists()
+    for bundled in (REAL_CHECKPOINT, SCENE_CHECKPOINT):
+        panel.out.value = str(bundled)
+        panel.train_button.click()
+        assert panel.state["error"] == "E_TRAIN_OUT_BUNDLED" and not (tmp_path / "models").exists()
     panel.use_button.click()  # hidden without an app; pressed from code it still answers with a code
     assert panel.state["error"] == "E_NOT_TRAINED"
     with pytest.raises(ValidationError) as err:

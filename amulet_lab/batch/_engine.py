@@ -135,10 +135,17 @@ def dask_client(workers: int = 2, scheduler: str | None = None, *, timeout: floa
         times["stop_s"] = time.perf_counter() - t1
 
 
-def _model_id(checkpoint: str | Path) -> str:
+def _model_id(checkpoint: str | Path, scene: bool = False) -> str:
+    """The model column: the checkpoint's fingerprint; with ``scene``, also its pieces' model's (``<name>-scene.pt``),
+    so that rebuilding that one reruns the photos instead of keeping answers it did not give."""
     from amulet_lab.model.checkpoint import load_checkpoint
 
-    return load_checkpoint(checkpoint).fingerprint
+    fingerprint = load_checkpoint(checkpoint).fingerprint
+    path = Path(checkpoint)
+    pieces = path.with_name(f"{path.stem}-scene{path.suffix}")
+    if scene and pieces.is_file():
+        return f"{fingerprint}+{load_checkpoint(pieces).fingerprint}"
+    return fingerprint
 
 
 def classify(paths: Sequence[str | Path] | str | Path, out: str | Path, *, checkpoint: str | Path,
@@ -173,7 +180,7 @@ def classify(paths: Sequence[str | Path] | str | Path, out: str | Path, *, check
     checkpoint = str(Path(checkpoint).resolve())
     columns = SCENE_COLUMNS if scene else COLUMNS
     images = collect_images(paths)
-    model = _model_id(checkpoint)
+    model = _model_id(checkpoint, scene)
     found, existing = read_rows(out)
     if found is not None and tuple(found) != columns:
         raise ValidationError(f"{out} has the columns {found}, not those of a {'--scene ' if scene else ''}run "

@@ -102,6 +102,9 @@ class AmuletClassifier:
         self.decode_workers = decode_workers
         if pieces is not None and not isinstance(pieces, AmuletClassifier):
             raise ValidationError("pieces must be an AmuletClassifier", field="pieces", value=type(pieces).__name__)
+        if pieces is not None and [d["key"] for d in pieces.checkpoint.labels] != [d["key"] for d in checkpoint.labels]:
+            raise ModelError("the pieces' model has other classes than the main one: retrain it on the same labels",
+                             code="E_PIECES_LABELS", context={"pieces": pieces.fingerprint})
         #: The model ``predict_scene`` classifies pieces cut from a photo with (None: this one); see ``from_checkpoint``.
         self.pieces = pieces
         from amulet_lab.data import Label

@@ -227,6 +227,9 @@ def leave_one_class_out(samples: Sequence[Any], keys: Sequence[str], *, config: 
         per_class[key] = {"red_unknown_rate": rates["red"], "recomposed_unknown_rate": rates["recomposed"],
                           "unknown_rate": (rates["red"] * len(red) + rates["recomposed"] * len(recomposed))
                           / (len(red) + len(recomposed)), "photos": len(left)}
+    if not per_class:
+        raise ValidationError("no class has photos to leave out", field="samples", value=len(samples),
+                              code="E_TOO_FEW_CLASSES")
     summary: dict[str, Any] = {"per_class": per_class}
     for name in ("unknown_rate", "red_unknown_rate", "recomposed_unknown_rate"):
         summary[name] = statistics.fmean(v[name] for v in per_class.values())

@@ -64,6 +64,9 @@ class TrainConfig:
                 or not 0 <= self.recomposed_copies <= 8:
             raise ValidationError("recomposed_copies must be a whole number in 0..8", field="recomposed_copies",
                                   value=self.recomposed_copies)
+        if self.recomposed_copies and self.arch != "fused":
+            raise ValidationError("recomposed_copies trains the fused head only: use arch='fused' or 0 copies",
+                                  field="recomposed_copies", value=self.recomposed_copies)
         if not 0 < self.recomposed_weight <= 1:
             raise ValidationError("recomposed_weight must be in (0, 1]", field="recomposed_weight",
                                   value=self.recomposed_weight)

@@ -154,11 +154,14 @@ class ClassifierApp:
                 f"{html.escape(card.headline())}.{warn}</div>")
 
     def use_classifier(self, classifier: Any) -> None:
-        """Classify with ``classifier`` from now on (Classify and Gallery tabs); the headline shows its model card."""
+        """Classify with ``classifier`` from now on (Classify, Gallery and Phone photo tabs, Why?); the headline
+        shows its model card."""
         if not hasattr(classifier, "predict_pair") or not hasattr(classifier, "predict_batch"):
             raise ValidationError("use_classifier needs a classifier with predict_pair and predict_batch",
                                   field="classifier", value=type(classifier).__name__)
         self.classifier = self.gallery_panel.classifier = classifier
+        self.why.classifier = classifier  # the heatmap explains the new model's answers
+        self.scene_panel.classifier = classifier  # and the Phone photo tab classifies with it
         self.model_html.value = self._model_headline()
         self._clear_result()  # the answer on show came from the previous model
         self.state = {"status": "waiting for a photo", "sources": self._source_state()}

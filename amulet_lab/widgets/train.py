@@ -199,7 +199,7 @@ class TrainPanel:
             return _placeholder("no preview", width=px, height=px)
 
     def _out_path(self, root: Path, arch: str) -> Path:
-        from amulet_lab.model.bundled import REAL_CHECKPOINT, SYNTHETIC_CHECKPOINT
+        from amulet_lab.model.bundled import REAL_CHECKPOINT, SCENE_CHECKPOINT, SYNTHETIC_CHECKPOINT
 
         text = self.out.value.strip()
         path = Path(text).expanduser() if text else self.out_dir / f"{root.name}-{arch}.pt"
@@ -210,7 +210,7 @@ class TrainPanel:
         if path.is_dir():
             raise ValidationError(f"{path} is a folder, not a checkpoint file", field="out", value=str(path),
                                   code="E_TRAIN_OUT")
-        if path in (REAL_CHECKPOINT.resolve(), SYNTHETIC_CHECKPOINT.resolve()):
+        if path in (REAL_CHECKPOINT.resolve(), SCENE_CHECKPOINT.resolve(), SYNTHETIC_CHECKPOINT.resolve()):
             raise ValidationError(f"{path} is a bundled model: write your own elsewhere (make train-default "
                                   "rebuilds the bundled ones)", field="out", value=str(path), code="E_TRAIN_OUT_BUNDLED")
         return path
