@@ -25,11 +25,9 @@ def sources():
 
 
 def _iou(a, b) -> float:
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    area = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / area if area else 0.0
+    from amulet_lab.bench.micro.finder import box_iou
+
+    return box_iou(a, b)
 
 
 def test_each_piece_of_a_composite_gets_a_box_a_turn_and_an_answer(clf, sources):

@@ -47,11 +47,9 @@ def _images(markup: str):
 
 
 def _iou(a, b) -> float:
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    area = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / area if area else 0.0
+    from amulet_lab.bench.micro.finder import box_iou
+
+    return box_iou(a, b)
 
 
 def _near(pixel, colour, tolerance: int = 90) -> bool:
