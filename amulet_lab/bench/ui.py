@@ -154,7 +154,7 @@ class UIReport:
                   for u in t["uploads"]]
         lines += [f"{k[:-len('_press_s')]} pressed -> idle: {v:.2f} s" for k, v in t.items() if k.endswith("_press_s")]
         env = self.environment
-        lines.append(f"Thai letters have a font in the browser: {env['thai_font']}")
+        lines.append(f"Thai letters in the browser's own fonts: {env['thai_font']} (the app brings its own: fonts.thai_font_face)")
         if "load_average_before" in env:
             lines.append(f"load average before/after: {env['load_average_before'][0]} / "
                          f"{env['load_average_after'][0]} on {env['cpus']} CPUs")

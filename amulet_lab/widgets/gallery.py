@@ -55,8 +55,8 @@ class Gallery:
         self.button = w.Button(description="Gallery", icon="th")
         self.html = w.HTML(
             "<p><i>Press <b>Gallery</b> to classify a folder of photos (empty: the samples); "
-            "the least certain answers come first.</i></p>", layout=w.Layout(width="100%"))
-        self.box = w.VBox([self.html], layout=w.Layout(width="100%"))
+            "the least certain answers come first.</i></p>", layout=w.Layout(width="auto"))
+        self.box = w.VBox([self.html], layout=w.Layout(width="auto"))
         self.widget = w.VBox([
             w.HTML("<b>Most uncertain first</b>: the photos whose answers most need a second look lead."),
             w.HBox([self.path, self.button]),
