@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from amulet_lab.config import PROJECT_ROOT
-from amulet_lab.errors import ModelError, ProcessingError, ValidationError, error_context
+from amulet_lab.errors import ModelError, ValidationError, error_context
 from amulet_lab.images import decode as decode_image
 from amulet_lab.model.answers import Answer, PredictionCache
 from amulet_lab.model.checkpoint import Checkpoint, load_checkpoint
@@ -232,7 +232,7 @@ class AmuletClassifier:
         t0 = time.perf_counter()
         with self._contexts["decode"]:
             decoded = self.decode(image, key)
-            self._check_unchanged(image, key, decoded)
+            self._keys.check_unchanged(image, key, decoded)
         t1 = time.perf_counter()
         with self._contexts["preprocess"]:
             x = self.preprocess([decoded])
@@ -334,20 +334,12 @@ class AmuletClassifier:
             preds.append(pred)
         return preds
 
-    def _check_unchanged(self, image: Any, key: str | None, decoded: Any) -> None:
-        """A file whose bytes no longer match the digest remembered for its stat is refused, never cached wrongly."""
-        if isinstance(image, (str, os.PathLike)) and key is not None and isinstance(decoded, ValidatedImage) \
-                and decoded.sha256 != key:
-            self._keys.forget(image)
-            raise ProcessingError(f"{Path(image).name} changed while it was read; classify it again", stage="decode",
-                                  code="E_FILE_CHANGED", context={"path": str(image)})
-
     def _load(self, item: Any, key: str | None) -> tuple[torch.Tensor, Any, float, float]:
         """In a pool worker: (model input row, decoded image, decode ms, preprocess ms)."""
         t0 = time.perf_counter()
         with self._contexts["decode"]:
             decoded = self.decode(item, key)
-            self._check_unchanged(item, key, decoded)
+            self._keys.check_unchanged(item, key, decoded)
         t1 = time.perf_counter()
         with self._contexts["preprocess"]:
             x = self.preprocess([decoded])

@@ -48,6 +48,16 @@ class ContentKeys:
             return content_hash(memoryview(arr).cast("B")) + f":nd{arr.shape}{arr.dtype}"
         return None
 
+    def check_unchanged(self, image: Any, key: str | None, decoded: Any) -> None:
+        """A file whose bytes no longer match the digest remembered for its stat is refused, never cached wrongly."""
+        if isinstance(image, (str, os.PathLike)) and key is not None and isinstance(decoded, ValidatedImage) \
+                and decoded.sha256 != key:
+            from amulet_lab.errors import ProcessingError
+
+            self.forget(image)
+            raise ProcessingError(f"{Path(image).name} changed while it was read; classify it again", stage="decode",
+                                  code="E_FILE_CHANGED", context={"path": str(image)})
+
     def forget(self, path: str | os.PathLike[str]) -> None:
         """Drop what is remembered of ``path`` (its content was found to differ from its digest)."""
         resolved = str(Path(path).resolve())
