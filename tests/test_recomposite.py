@@ -70,8 +70,8 @@ def test_one_seed_one_crop_and_bad_arguments(crop):
     assert err.value.code == "E_IMAGE_TYPE"
 
 
-def test_the_fused_recipe_trains_on_copies_held_out_with_their_sources():
-    """Copies of a photo go to its fold; the model has seen them (copies' rows in training), answers for photos."""
+def test_the_fused_recipe_trains_on_copies_of_its_photos():
+    """Two copies per photo, each tagged with its source photo (the fold it is held out with); the recipe trains."""
     from amulet_lab.data import load_dataset
     from amulet_lab.model.train import TrainConfig, _recomposed, fit
     from amulet_lab.model.train_config import BUNDLED_CONFIG
@@ -118,3 +118,18 @@ def test_copies_are_for_the_fused_recipe_only():
     with pytest.raises(ValidationError) as err:
         TrainConfig(arch="features", recomposed_copies=2)
     assert err.value.field == "recomposed_copies"
+
+
+def test_evaluate_cv_scores_recomposed_photos_from_the_command_line(capsys):
+    """`amulet-lab evaluate CKPT DATA --cv K --recomposed`: the re-composited figures of the recipe, printed."""
+    from amulet_lab.cli import main
+    from amulet_lab.model.bundled import SYNTHETIC_CHECKPOINT
+
+    assert main(["evaluate", str(SYNTHETIC_CHECKPOINT), str(SAMPLES), "--cv", "2", "--recomposed", "--arch",
+                 "features", "--img-size", "64", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "recomposed_accuracy" in out and "recomposed_false_unknown_rate" in out
+    # Copies are for the fused head only, also from the command line: a coded error, no traceback.
+    assert main(["evaluate", str(SYNTHETIC_CHECKPOINT), str(SAMPLES), "--cv", "2", "--arch", "features",
+                 "--recomposed-copies", "1", "--quiet"]) != 0
+    assert "recomposed_copies" in capsys.readouterr().err

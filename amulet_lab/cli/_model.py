@@ -14,7 +14,7 @@ def _config(args: argparse.Namespace, base: dict[str, Any] | None = None) -> Any
     from amulet_lab.model import TrainConfig
 
     values = dict(base or {})
-    for name in ("arch", "epochs", "seed", "img_size", "batch_size", "lr"):
+    for name in ("arch", "epochs", "seed", "img_size", "batch_size", "lr", "recomposed_copies", "feature_l2"):
         value = getattr(args, name, None)
         if value is not None:
             values[name] = value
@@ -56,7 +56,7 @@ def _evaluate(args: argparse.Namespace, settings: Any) -> int:
         config = _config(args, ck.metadata.get("config"))
         keys = [lab.key for lab in splits.labels]
         result = cross_validate(splits.all, len(keys), keys, k=args.cv, seed=config.seed, config=config,
-                                progress=not args.quiet)
+                                progress=not args.quiet, recomposed=args.recomposed)
         result["recipe"] = {k: v for k, v in vars(config).items()}
         title = f"{args.cv}-fold cross-validation of the recipe of {args.checkpoint} over {len(splits.all)} images"
     else:
@@ -193,6 +193,9 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
                         help="architecture (default fused; the synthetic stand-in is an ensemble)")
     parser.add_argument("--batch-size", type=int, dest="batch_size", help="images per step")
     parser.add_argument("--lr", type=float, help="peak learning rate")
+    parser.add_argument("--recomposed-copies", type=int, dest="recomposed_copies",
+                        help="fused: also train on N copies of each photo re-composited on a page, wood or cloth")
+    parser.add_argument("--feature-l2", type=float, dest="feature_l2", help="L2 of the linear head")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -222,6 +225,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="auto", choices=("auto", "train", "val", "test", "all"),
                    help="which images to score (auto: val/ or test/ of a pre-split folder, else all)")
     p.add_argument("--cv", type=int, metavar="K", help="stratified K-fold CV of the checkpoint's recipe over all images")
+    p.add_argument("--recomposed", action="store_true",
+                   help="with --cv: also score each held-out photo re-composited on a page, wood and cloth")
     _train_args(p)
     p.set_defaults(func=_evaluate)
 

@@ -193,11 +193,8 @@ def leave_one_class_out(samples: Sequence[Any], keys: Sequence[str], *, config: 
     model's unknown rule flags (mean over classes, ``per_class`` beside it); ``red_unknown_rate`` and
     ``recomposed_unknown_rate`` split it.
     """
-    import zlib
-
-    from amulet_lab.data.recomposite import EVAL_BACKGROUNDS, recomposite
-    from amulet_lab.images import PreprocessSpec, decode, to_uint8_batch
-    from amulet_lab.model.train import TrainConfig, fit, predict_outputs
+    from amulet_lab.images import PreprocessSpec, decode
+    from amulet_lab.model.train import TrainConfig, fit
 
     cfg = config or TrainConfig()
     if len(keys) < 3:
@@ -213,17 +210,12 @@ def leave_one_class_out(samples: Sequence[Any], keys: Sequence[str], *, config: 
         res = fit([s.path for s in kept], [renumber[s.label] for s in kept], [], [], len(keys) - 1, cfg,
                   train_groups=[s.group for s in kept], progress=progress)
         spec = PreprocessSpec(cfg.img_size)
-        red, recomposed = [], []
-        for s in left:
-            image = decode(s.path)
-            red.append(image)
-            base = zlib.crc32(Path(s.path).name.encode("utf-8"))
-            recomposed += [recomposite(image, seed=base * 4 + j, background=bg) for j, bg in enumerate(EVAL_BACKGROUNDS)]
+        red = [decode(s.path) for s in left]
+        recomposed = [crop for image, s in zip(red, left) for crop in _eval_recompositions(image, s.path)]
         rates = {}
         for name, crops in (("red", red), ("recomposed", recomposed)):
-            logits, distance = predict_outputs(res.model, spec.to_input(to_uint8_batch(crops, spec.size)))
-            probs = torch.softmax(logits / res.temperature, 1)
-            rates[name] = float(res.unknown(probs, distance).float().mean())
+            probs, unknown = _scored(res, spec, crops)
+            rates[name] = float(unknown.float().mean())
         per_class[key] = {"red_unknown_rate": rates["red"], "recomposed_unknown_rate": rates["recomposed"],
                           "unknown_rate": (rates["red"] * len(red) + rates["recomposed"] * len(recomposed))
                           / (len(red) + len(recomposed)), "photos": len(left)}
@@ -236,33 +228,47 @@ def leave_one_class_out(samples: Sequence[Any], keys: Sequence[str], *, config: 
     return summary
 
 
-def _recomposed_scores(res: Any, spec: Any, test_part: Sequence[Any]) -> dict[str, float]:
-    """Accuracy and unknown rate of a fold's model on its held-out photos re-composited on each EVAL_BACKGROUNDS."""
+def _eval_recompositions(image: Any, path: Any) -> list[Any]:
+    """``image`` re-composited on each of ``EVAL_BACKGROUNDS``, seeded by its file name (the same in every fold)."""
     import zlib
 
     from amulet_lab.data.recomposite import EVAL_BACKGROUNDS, recomposite
-    from amulet_lab.images import decode, to_uint8_batch
+
+    base = zlib.crc32(Path(path).name.encode("utf-8"))
+    return [recomposite(image, seed=base * 4 + j, background=bg) for j, bg in enumerate(EVAL_BACKGROUNDS)]
+
+
+def _scored(res: Any, spec: Any, crops: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A trained fold's calibrated probabilities and unknown decisions on ``crops``."""
+    from amulet_lab.images import to_uint8_batch
     from amulet_lab.model.train import predict_outputs
+
+    logits, distance = predict_outputs(res.model, spec.to_input(to_uint8_batch(crops, spec.size)))
+    probs = torch.softmax(logits / res.temperature, 1)
+    return probs, res.unknown(probs, distance)
+
+
+def _recomposed_scores(res: Any, spec: Any, test_part: Sequence[Any]) -> dict[str, float]:
+    """Accuracy and unknown rate of a fold's model on its held-out photos re-composited on each EVAL_BACKGROUNDS."""
+    from amulet_lab.images import decode
 
     crops, targets = [], []
     for s in test_part:
-        image = decode(s.path)
-        base = zlib.crc32(Path(s.path).name.encode("utf-8"))
-        for j, background in enumerate(EVAL_BACKGROUNDS):
-            crops.append(recomposite(image, seed=base * 4 + j, background=background))
-            targets.append(s.label)
-    logits, distance = predict_outputs(res.model, spec.to_input(to_uint8_batch(crops, spec.size)))
-    probs = torch.softmax(logits / res.temperature, 1)
+        made = _eval_recompositions(decode(s.path), s.path)
+        crops += made
+        targets += [s.label] * len(made)
+    probs, unknown = _scored(res, spec, crops)
     right = probs.argmax(1) == torch.tensor(targets)
     return {"recomposed_accuracy": float(right.float().mean()),
-            "recomposed_false_unknown_rate": float(res.unknown(probs, distance).float().mean())}
+            "recomposed_false_unknown_rate": float(unknown.float().mean())}
 
 
 def format_metrics(m: dict[str, Any]) -> str:
     """A short plain-text report of ``metrics``/``evaluate``/``cross_validate`` output."""
     lines = []
     for name in ("n", "accuracy", "macro_f1", "top2_accuracy", "ece", "nll", "pair_accuracy", "unknown_rate",
-                 "false_unknown_rate", "probe_caught_rate", "reliable_accuracy", "reliable_coverage"):
+                 "false_unknown_rate", "probe_caught_rate", "reliable_accuracy", "reliable_coverage",
+                 "recomposed_accuracy", "recomposed_false_unknown_rate"):
         if name in m:
             value = m[name]
             std = m.get(f"{name}_std")

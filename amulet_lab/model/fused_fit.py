@@ -103,7 +103,7 @@ def fit_fused(raw: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: Any, sp
         raw = torch.cat([raw, copies[0]])
         source = torch.cat([source, copies[1]])
     y_all = y[source]
-    row_weight = torch.where(torch.arange(len(source)) < n, 1.0, float(getattr(cfg, "recomposed_weight", 1.0)))
+    row_weight = torch.where(torch.arange(len(source)) < n, 1.0, float(cfg.recomposed_weight))
     views = _batched_views(model, spec.to_input(raw), progress)
     probes = torch.from_numpy(make_probes(48, spec.size, cfg.seed + 1)).permute(0, 3, 1, 2).contiguous()
     probe = model.view_features(spec.to_input(probes), views=1)[0]
